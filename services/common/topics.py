@@ -1,0 +1,32 @@
+"""The Kafka topics the platform owns, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.settings import KafkaSettings, kafka_settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+# Seven days: the profile service deduplicates event ids for at least this long.
+TOUCHPOINT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def platform_topics(settings: KafkaSettings | None = None) -> list[TopicSpec]:
+    s = settings or kafka_settings()
+    retention = {"retention.ms": str(TOUCHPOINT_RETENTION_MS)}
+    return [
+        TopicSpec(
+            s.touchpoints_topic, s.kafka_topic_partitions, s.kafka_replication_factor, retention
+        ),
+        TopicSpec(
+            s.touchpoints_dlq_topic, s.kafka_topic_partitions, s.kafka_replication_factor, retention
+        ),
+    ]
