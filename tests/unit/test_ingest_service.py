@@ -1,0 +1,121 @@
+"""IngestServicer logic with an in-memory publisher (no broker): the real path is in
+tests/integration/test_ingest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import pytest
+from cx.events.v1 import touchpoint_pb2 as ev
+from cx.ingest.v1 import ingest_pb2 as pb
+
+from services.ingest.publisher import PublishError, Published
+from services.ingest.service import IngestServicer
+from tests.factories import page_view, survey
+
+
+class RecordingPublisher:
+    def __init__(self, fail_ids: frozenset[str] = frozenset()) -> None:
+        self.published: list[ev.TouchpointEvent] = []
+        self.fail_ids = fail_ids
+
+    def publish(self, events: Sequence[ev.TouchpointEvent]) -> list[Published | PublishError]:
+        out: list[Published | PublishError] = []
+        for event in events:
+            if event.event_id in self.fail_ids:
+                out.append(PublishError("broker down"))
+            else:
+                self.published.append(event)
+                out.append(Published(partition=0, offset=len(self.published) - 1))
+        return out
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+def ctx() -> grpc.ServicerContext:
+    return FakeContext()  # type: ignore[return-value]
+
+
+def test_track_publishes_a_normalised_event_with_received_at() -> None:
+    publisher = RecordingPublisher()
+    event = page_view(email=" Someone@Example.com")
+    reply = IngestServicer(publisher).Track(pb.TrackRequest(event=event), ctx())
+    assert reply.result.status == pb.EventResult.STATUS_ACCEPTED
+    assert reply.result.event_id == event.event_id
+    (sent,) = publisher.published
+    assert sent.identities.email == "someone@example.com"
+    assert sent.HasField("received_at")
+
+
+def test_track_rejects_invalid_event_with_invalid_argument_naming_the_field() -> None:
+    publisher = RecordingPublisher()
+    with pytest.raises(Aborted) as info:
+        IngestServicer(publisher).Track(
+            pb.TrackRequest(event=survey(ev.SurveyResponse.METRIC_NPS, 12)), ctx()
+        )
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "event.survey_response.score" in info.value.details
+    assert publisher.published == []
+
+
+def test_track_without_event_is_invalid_argument() -> None:
+    with pytest.raises(Aborted) as info:
+        IngestServicer(RecordingPublisher()).Track(pb.TrackRequest(), ctx())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details.startswith("event:")
+
+
+def test_track_reports_unavailable_when_the_broker_does_not_acknowledge() -> None:
+    event = page_view()
+    publisher = RecordingPublisher(fail_ids=frozenset({event.event_id}))
+    with pytest.raises(Aborted) as info:
+        IngestServicer(publisher).Track(pb.TrackRequest(event=event), ctx())
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_batch_accepts_and_rejects_each_event_on_its_own() -> None:
+    publisher = RecordingPublisher()
+    good, bad, good2 = page_view(), page_view(email="nope"), page_view()
+    reply = IngestServicer(publisher).TrackBatch(
+        pb.TrackBatchRequest(events=[good, bad, good2]), ctx()
+    )
+    assert [r.status for r in reply.results] == [
+        pb.EventResult.STATUS_ACCEPTED,
+        pb.EventResult.STATUS_REJECTED,
+        pb.EventResult.STATUS_ACCEPTED,
+    ]
+    assert [r.index for r in reply.results] == [0, 1, 2]
+    assert [v.field for v in reply.results[1].violations] == ["identities.email"]
+    assert (reply.accepted_count, reply.rejected_count) == (2, 1)
+    assert [e.event_id for e in publisher.published] == [good.event_id, good2.event_id]
+
+
+def test_batch_marks_events_the_broker_did_not_acknowledge() -> None:
+    first, second = page_view(), page_view()
+    publisher = RecordingPublisher(fail_ids=frozenset({second.event_id}))
+    reply = IngestServicer(publisher).TrackBatch(
+        pb.TrackBatchRequest(events=[first, second]), ctx()
+    )
+    assert reply.results[1].status == pb.EventResult.STATUS_REJECTED
+    assert "broker down" in reply.results[1].violations[0].description
+    assert reply.accepted_count == 1
+
+
+@pytest.mark.parametrize("count", [0, 4])
+def test_batch_size_is_bounded(count: int) -> None:
+    servicer = IngestServicer(RecordingPublisher(), max_batch=3)
+    with pytest.raises(Aborted) as info:
+        servicer.TrackBatch(pb.TrackBatchRequest(events=[page_view() for _ in range(count)]), ctx())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details.startswith("events:")
