@@ -22,7 +22,9 @@ def page_view(**identities: str) -> ev.TouchpointEvent:
     return event
 
 
-def survey(metric: int, score: int, **identities: str) -> ev.TouchpointEvent:
+def survey(
+    metric: ev.SurveyResponse.Metric.ValueType, score: int, **identities: str
+) -> ev.TouchpointEvent:
     event = page_view(**identities)
     event.touchpoint = "survey.post_contact"
     event.channel = ev.CHANNEL_EMAIL

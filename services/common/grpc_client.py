@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from opentelemetry.instrumentation.grpc import client_interceptor
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
 
 def traced_channel(target: str) -> grpc.Channel:
+    # The OpenTelemetry interceptor implements its own interceptor interface (grpcext),
+    # so it is attached with grpcext.intercept_channel, not grpc.intercept_channel.
     channel = grpc.insecure_channel(target)
     interceptor = client_interceptor()  # type: ignore[no-untyped-call]
-    return grpc.intercept_channel(channel, interceptor)
+    traced: grpc.Channel = grpcext.intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
+    return traced

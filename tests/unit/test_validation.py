@@ -96,7 +96,9 @@ def test_touchpoint_must_be_dotted_lower_case() -> None:
         (ev.SurveyResponse.METRIC_CES, 8, False),
     ],
 )
-def test_survey_scores_follow_default_scales(metric: int, score: int, ok: bool) -> None:
+def test_survey_scores_follow_default_scales(
+    metric: ev.SurveyResponse.Metric.ValueType, score: int, ok: bool
+) -> None:
     assert (fields(survey(metric, score)) == []) is ok
 
 

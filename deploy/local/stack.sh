@@ -1,0 +1,547 @@
+#!/usr/bin/env bash
+# Local development stack: Kafka 4.0.2 (KRaft, one combined broker+controller, run from
+# Maven Central jars), Redis, and the platform services listed in deploy/local/services.txt.
+#
+# Usage: deploy/local/stack.sh <command>
+#   install        resolve the Kafka jars (once) and install redis-server if missing
+#   up             install, start Redis and Kafka, create topics, start services
+#   down           stop services, Kafka and Redis (only processes whose pid files we wrote)
+#   status         show what is running
+#   infra-up       Redis + Kafka + topics only
+#   services-up    start the services in services.txt (skips modules that do not exist yet)
+#   services-down  stop the services
+#   is-up          exit 0 if Kafka and Redis are running
+#
+# Environment: KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092; the controller listens on
+# port+1), REDIS_URL (default redis://127.0.0.1:6379/0), CX_VAR_DIR (default <repo>/var:
+# pid files, logs, data), CX_CACHE_DIR (default ~/.cache/cx-platform: Kafka jars).
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+cd "$REPO_ROOT"
+
+VAR_DIR=${CX_VAR_DIR:-$REPO_ROOT/var}
+CACHE_DIR=${CX_CACHE_DIR:-$HOME/.cache/cx-platform}
+RUN_DIR=$VAR_DIR/run
+LOG_DIR=$VAR_DIR/log
+KAFKA_DIR=$VAR_DIR/kafka
+KAFKA_DATA_DIR=$KAFKA_DIR/data
+REDIS_DIR=$VAR_DIR/redis
+
+KAFKA_VERSION=4.0.2
+KAFKA_POM=$SCRIPT_DIR/kafka/pom.xml
+KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
+KAFKA_LIBS=$KAFKA_HOME/libs
+KAFKA_MARKER=$KAFKA_HOME/.resolved
+KAFKA_CONFIG=$KAFKA_DIR/server.properties
+KAFKA_LOG4J=$KAFKA_DIR/log4j2.xml
+KAFKA_HEAP_OPTS=${CX_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}
+KAFKA_START_TIMEOUT=90
+
+SERVICES_FILE=$SCRIPT_DIR/services.txt
+PYTHON=${CX_PYTHON:-$REPO_ROOT/.venv/bin/python}
+SERVICE_START_TIMEOUT=60
+STOP_TIMEOUT=20
+
+# --- endpoints from the environment ---------------------------------------------------------
+
+KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}
+_first=${KAFKA_BOOTSTRAP%%,*}
+_first=${_first#*://}
+KAFKA_HOST=${_first%:*}
+KAFKA_PORT=${_first##*:}
+[[ $KAFKA_HOST == "$_first" ]] && KAFKA_PORT=9092 # no port given
+[[ -n $KAFKA_HOST ]] || KAFKA_HOST=127.0.0.1
+CONTROLLER_PORT=$((KAFKA_PORT + 1))
+
+REDIS_URL_=${REDIS_URL:-redis://127.0.0.1:6379/0}
+_hostport=${REDIS_URL_#*://}
+_hostport=${_hostport%%/*}
+_hostport=${_hostport##*@}
+if [[ $_hostport == *:* ]]; then REDIS_PORT=${_hostport##*:}; else REDIS_PORT=6379; fi
+
+for _p in "$KAFKA_PORT" "$REDIS_PORT"; do
+  [[ $_p =~ ^[0-9]+$ ]] || { echo "stack: cannot parse a port from '$_p'" >&2; exit 2; }
+done
+
+# --- helpers ----------------------------------------------------------------------------------
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'stack: %s\n' "$*" >&2; }
+die() { warn "$*"; exit 1; }
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+# What a live process's command line must contain to be ours (guards against pid reuse).
+process_match() {
+  case $1 in
+    kafka) echo "kafka.Kafka" ;;
+    redis) echo "redis-server" ;;
+    *) service_field "$1" 3 ;;
+  esac
+}
+
+# Prints the pid of component $1 if its pid file names a live process of ours; otherwise
+# removes a stale pid file and returns 1.
+running_pid() {
+  local name=$1 file pid match
+  file=$(pid_file "$name")
+  [[ -f $file ]] || return 1
+  pid=$(<"$file")
+  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+    match=$(process_match "$name")
+    if [[ -z $match ]] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match"; then
+      echo "$pid"
+      return 0
+    fi
+  fi
+  rm -f "$file"
+  return 1
+}
+
+# Starts a command in its own session in the background; records its pid.
+spawn() {
+  local name=$1 log=$2 pid match i
+  shift 2
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  printf '\n=== %s: starting %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$name" >>"$log"
+  # Without job control the child is not a process-group leader, so setsid execs in place
+  # and $! is the pid of the command itself.
+  nohup setsid "$@" >>"$log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$(pid_file "$name")"
+  # Until the exec chain (nohup, setsid) reaches the command, running_pid would not
+  # recognise the process and would treat the pid file as stale.
+  match=$(process_match "$name")
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match" && return 0
+    sleep 0.05
+  done
+}
+
+stop_component() {
+  local name=$1 pid i
+  if ! pid=$(running_pid "$name"); then
+    say "$name: not running"
+    return 0
+  fi
+  say "$name: stopping (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "$name: still running after ${STOP_TIMEOUT}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$(pid_file "$name")"
+  say "$name: stopped"
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+show_log_tail() {
+  local f
+  for f in "$@"; do
+    [[ -f $f ]] || continue
+    printf -- '--- last lines of %s ---\n' "$f" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+
+file_size() { if [[ -f $1 ]]; then stat -c %s "$1"; else echo 0; fi; }
+
+# Tail of what was appended to file $1 since it had size $2 (all of it if it was rotated).
+show_new_log() {
+  local f=$1 from=$2
+  [[ -f $f ]] || return 0
+  (($(file_size "$f") >= from)) || from=0
+  printf -- '--- last lines of %s ---\n' "$f" >&2
+  tail -c +$((from + 1)) "$f" | tail -n 40 >&2
+}
+
+# --- install ----------------------------------------------------------------------------------
+
+install_kafka() {
+  local pom_hash
+  pom_hash=$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)
+  if [[ -f $KAFKA_MARKER && $(<"$KAFKA_MARKER") == "$pom_hash" ]] &&
+    compgen -G "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null; then
+    return 0
+  fi
+  command -v java >/dev/null || die "java not found (Kafka needs Java 17+)"
+  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars)"
+  say "kafka: resolving Kafka $KAFKA_VERSION jars with Maven into $KAFKA_LIBS"
+  mkdir -p "$KAFKA_HOME"
+  rm -rf "$KAFKA_LIBS.tmp"
+  # Debian's Maven 3.8 prints stray colour resets even with -q; strip them (pipefail keeps
+  # Maven's exit status).
+  mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
+    -DoutputDirectory="$KAFKA_LIBS.tmp" -DincludeScope=runtime 2>&1 |
+    sed -e 's/\x1b\[[0-9;]*m//g' -e '/^[[:space:]]*$/d' ||
+    die "Maven could not resolve the Kafka jars"
+  rm -rf "$KAFKA_LIBS"
+  mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+  echo "$pom_hash" >"$KAFKA_MARKER"
+  say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars ready"
+}
+
+install_redis() {
+  command -v redis-server >/dev/null && return 0
+  local sudo=()
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "redis-server is missing and not running as root"
+    sudo=(sudo)
+  fi
+  say "redis: installing redis-server with apt-get"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq redis-server
+  # The package starts a system-wide Redis on 6379; the stack runs its own.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now redis-server || true
+  fi
+}
+
+cmd_install() {
+  install_kafka
+  install_redis
+}
+
+# --- Redis ------------------------------------------------------------------------------------
+
+start_redis() {
+  local pid i
+  if pid=$(running_pid redis); then
+    say "redis: already running (pid $pid, port $REDIS_PORT)"
+    return 0
+  fi
+  if port_open 127.0.0.1 "$REDIS_PORT"; then
+    die "redis: port $REDIS_PORT is already in use by a process this script did not start"
+  fi
+  mkdir -p "$REDIS_DIR"
+  local from
+  from=$(file_size "$LOG_DIR/redis.log")
+  say "redis: starting on 127.0.0.1:$REDIS_PORT (data in $REDIS_DIR)"
+  spawn redis "$LOG_DIR/redis.log" redis-server \
+    --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --appendonly yes --appendfsync everysec --save "" \
+    --dir "$REDIS_DIR" --daemonize no --protected-mode yes \
+    --logfile "$LOG_DIR/redis.log"
+  for ((i = 0; i < 100; i++)); do
+    if [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; then
+      say "redis: up (pid $(<"$(pid_file redis)"))"
+      return 0
+    fi
+    running_pid redis >/dev/null || break
+    sleep 0.2
+  done
+  show_new_log "$LOG_DIR/redis.log" "$from"
+  stop_component redis >/dev/null
+  die "redis: did not answer PING"
+}
+
+# --- Kafka ------------------------------------------------------------------------------------
+
+write_kafka_config() {
+  mkdir -p "$KAFKA_DIR" "$KAFKA_DATA_DIR" "$LOG_DIR"
+  cat >"$KAFKA_CONFIG" <<EOF
+# Written by deploy/local/stack.sh; regenerated on every start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KAFKA_DATA_DIR
+num.partitions=8
+default.replication.factor=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+log.retention.hours=168
+log.segment.bytes=1073741824
+log.retention.check.interval.ms=300000
+# After a restart the controller keeps the previous broker registration until its session
+# expires (default 9 s), which delays the broker's startup by that long. Shorter for local use.
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=4000
+EOF
+  cat >"$KAFKA_LOG4J" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by deploy/local/stack.sh: the broker logs to $LOG_DIR/kafka-server.log. -->
+<!-- shutdownHook="disable": log4j2's own hook would stop logging before the broker's
+     shutdown hook has finished, losing the controlled-shutdown lines. -->
+<Configuration status="warn" shutdownHook="disable">
+  <Appenders>
+    <RollingFile name="server" fileName="$LOG_DIR/kafka-server.log"
+                 filePattern="$LOG_DIR/kafka-server.log.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <SizeBasedTriggeringPolicy size="50 MB"/>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="kafka.log.LogCleaner" level="INFO"/>
+    <Logger name="state.change.logger" level="INFO"/>
+    <Logger name="kafka.authorizer.logger" level="INFO"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+format_kafka_storage() {
+  if [[ -f $KAFKA_DATA_DIR/meta.properties ]]; then
+    return 0
+  fi
+  local cluster_id
+  cluster_id=$(java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
+    kafka.tools.StorageTool random-uuid | tail -n 1)
+  say "kafka: formatting storage in $KAFKA_DATA_DIR (cluster id $cluster_id)"
+  java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONFIG" >>"$LOG_DIR/kafka.log" 2>&1 ||
+    { show_log_tail "$LOG_DIR/kafka.log"; die "kafka: storage format failed"; }
+}
+
+start_kafka() {
+  local pid waiter started out_from server_from p
+  if pid=$(running_pid kafka); then
+    say "kafka: already running (pid $pid, $KAFKA_HOST:$KAFKA_PORT)"
+    return 0
+  fi
+  for p in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
+    if port_open 127.0.0.1 "$p"; then
+      die "kafka: port $p is already in use by a process this script did not start"
+    fi
+  done
+  write_kafka_config
+  format_kafka_storage
+  say "kafka: starting broker+controller on $KAFKA_HOST:$KAFKA_PORT (controller :$CONTROLLER_PORT)"
+  started=$SECONDS
+  out_from=$(file_size "$LOG_DIR/kafka.log")
+  server_from=$(file_size "$LOG_DIR/kafka-server.log")
+  # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
+  spawn kafka "$LOG_DIR/kafka.log" java $KAFKA_HEAP_OPTS -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dkafka.logs.dir="$LOG_DIR" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONFIG"
+  # Wait for a metadata answer, but give up at once if the broker process dies.
+  "$PYTHON" -m services.common.kafka_admin --bootstrap "$KAFKA_HOST:$KAFKA_PORT" \
+    wait --timeout "$KAFKA_START_TIMEOUT" &
+  waiter=$!
+  while kill -0 "$waiter" 2>/dev/null; do
+    if ! running_pid kafka >/dev/null; then
+      kill "$waiter" 2>/dev/null || true
+      wait "$waiter" 2>/dev/null || true
+      show_new_log "$LOG_DIR/kafka.log" "$out_from"
+      show_new_log "$LOG_DIR/kafka-server.log" "$server_from"
+      die "kafka: the broker process exited during startup"
+    fi
+    sleep 0.5
+  done
+  if ! wait "$waiter"; then
+    show_new_log "$LOG_DIR/kafka.log" "$out_from"
+    show_new_log "$LOG_DIR/kafka-server.log" "$server_from"
+    stop_component kafka >/dev/null
+    die "kafka: broker did not come up within ${KAFKA_START_TIMEOUT}s"
+  fi
+  say "kafka: up (pid $(<"$(pid_file kafka)"), $((SECONDS - started))s)"
+}
+
+ensure_topics() {
+  say "kafka: ensuring topics"
+  "$PYTHON" -m services.common.kafka_admin --bootstrap "$KAFKA_HOST:$KAFKA_PORT" ensure-topics ||
+    die "kafka: could not create topics"
+}
+
+# --- services ---------------------------------------------------------------------------------
+
+# Prints "name port module" for each service line of services.txt.
+service_lines() {
+  [[ -f $SERVICES_FILE ]] || return 0
+  local line
+  local -a f
+  while IFS= read -r line || [[ -n $line ]]; do
+    line=${line%%#*}
+    read -r -a f <<<"$line" || true
+    ((${#f[@]} == 0)) && continue
+    if ((${#f[@]} != 3)); then
+      warn "services.txt: ignoring malformed line: $line"
+      continue
+    fi
+    echo "${f[0]} ${f[1]} ${f[2]}"
+  done <"$SERVICES_FILE"
+}
+
+# Field $2 (1=name 2=port 3=module) of the service named $1, or nothing.
+service_field() {
+  local name port module
+  while read -r name port module; do
+    if [[ $name == "$1" ]]; then
+      case $2 in 1) echo "$name" ;; 2) echo "$port" ;; 3) echo "$module" ;; esac
+      return 0
+    fi
+  done < <(service_lines)
+}
+
+# The port to wait for: <NAME>_GRPC_PORT from the environment overrides services.txt.
+effective_port() {
+  local name=$1 port=$2 port_var
+  port_var=$(tr '[:lower:]-' '[:upper:]_' <<<"$name")_GRPC_PORT
+  if [[ $port != - && -n ${!port_var:-} ]]; then
+    port=${!port_var}
+  fi
+  echo "$port"
+}
+
+module_exists() {
+  local path=$REPO_ROOT/${1//.//}
+  [[ -f $path.py || -f $path/__main__.py ]]
+}
+
+start_service() {
+  local name=$1 module=$3 port pid log i from
+  port=$(effective_port "$name" "$2")
+  log=$LOG_DIR/$name.log
+  if pid=$(running_pid "$name"); then
+    say "$name: already running (pid $pid)"
+    return 0
+  fi
+  if ! module_exists "$module"; then
+    say "$name: skipped, module $module does not exist yet"
+    return 0
+  fi
+  if [[ $port != - ]] && port_open 127.0.0.1 "$port"; then
+    die "$name: port $port is already in use by a process this script did not start"
+  fi
+  if [[ $port == - ]]; then
+    say "$name: starting python -m $module"
+  else
+    say "$name: starting python -m $module (port $port)"
+  fi
+  from=$(file_size "$log")
+  spawn "$name" "$log" env PYTHONUNBUFFERED=1 "$PYTHON" -m "$module"
+  [[ $port == - ]] && return 0
+  for ((i = 0; i < SERVICE_START_TIMEOUT * 5; i++)); do
+    if port_open 127.0.0.1 "$port"; then
+      say "$name: up (pid $(<"$(pid_file "$name")"), port $port)"
+      return 0
+    fi
+    if ! running_pid "$name" >/dev/null; then
+      show_new_log "$log" "$from"
+      die "$name: exited during startup (log: $log)"
+    fi
+    sleep 0.2
+  done
+  show_new_log "$log" "$from"
+  stop_component "$name" >/dev/null
+  die "$name: did not accept connections on port $port within ${SERVICE_START_TIMEOUT}s"
+}
+
+cmd_services_up() {
+  [[ -x $PYTHON ]] || die "no Python at $PYTHON (create the venv first: uv sync --frozen)"
+  cmd_is_up || warn "Kafka and/or Redis are not running (start them with: $0 infra-up)"
+  local name port module
+  while read -r name port module; do
+    start_service "$name" "$port" "$module"
+  done < <(service_lines)
+}
+
+cmd_services_down() {
+  local names=() name file
+  while read -r name _; do names+=("$name"); done < <(service_lines)
+  # Also services removed from services.txt since they were started.
+  for file in "$RUN_DIR"/*.pid; do
+    [[ -e $file ]] || continue
+    name=$(basename "$file" .pid)
+    [[ $name == kafka || $name == redis ]] && continue
+    [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
+  done
+  local i
+  for ((i = ${#names[@]} - 1; i >= 0; i--)); do
+    stop_component "${names[i]}"
+  done
+}
+
+# --- commands ---------------------------------------------------------------------------------
+
+cmd_infra_up() {
+  [[ -x $PYTHON ]] || die "no Python at $PYTHON (create the venv first: uv sync --frozen)"
+  cmd_install
+  start_redis
+  start_kafka
+  ensure_topics
+}
+
+cmd_up() {
+  cmd_infra_up
+  cmd_services_up
+  say "stack is up (logs in $LOG_DIR)"
+}
+
+cmd_down() {
+  cmd_services_down
+  stop_component kafka
+  stop_component redis
+}
+
+cmd_status() {
+  local name port module pid
+  printf '%-10s %-8s %-8s %s\n' COMPONENT STATE PID ENDPOINT
+  if pid=$(running_pid redis); then
+    printf '%-10s %-8s %-8s %s\n' redis running "$pid" "127.0.0.1:$REDIS_PORT"
+  else
+    printf '%-10s %-8s %-8s %s\n' redis stopped - "127.0.0.1:$REDIS_PORT"
+  fi
+  if pid=$(running_pid kafka); then
+    printf '%-10s %-8s %-8s %s\n' kafka running "$pid" "$KAFKA_HOST:$KAFKA_PORT"
+  else
+    printf '%-10s %-8s %-8s %s\n' kafka stopped - "$KAFKA_HOST:$KAFKA_PORT"
+  fi
+  while read -r name port module; do
+    port=$(effective_port "$name" "$port")
+    if pid=$(running_pid "$name"); then
+      printf '%-10s %-8s %-8s %s\n' "$name" running "$pid" "$port"
+    elif module_exists "$module"; then
+      printf '%-10s %-8s %-8s %s\n' "$name" stopped - "$port"
+    else
+      printf '%-10s %-8s %-8s %s\n' "$name" absent - "($module not written yet)"
+    fi
+  done < <(service_lines)
+  echo "logs: $LOG_DIR"
+}
+
+cmd_is_up() {
+  running_pid kafka >/dev/null && running_pid redis >/dev/null
+}
+
+usage() {
+  sed -n '5,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+case ${1:-} in
+  install) cmd_install ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  infra-up) cmd_infra_up ;;
+  services-up) cmd_services_up ;;
+  services-down) cmd_services_down ;;
+  is-up) cmd_is_up ;;
+  -h | --help | help) usage ;;
+  *)
+    usage >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,78 @@
+"""Fixtures for tests against the real local stack (Kafka, Redis) started by `make up`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.common.kafka_admin import wait_for_broker
+from services.common.settings import KafkaSettings, kafka_settings
+from services.common.telemetry import setup_tracing
+from services.ingest.publisher import TouchpointPublisher
+from services.ingest.server import build_server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaSettings:
+    settings = kafka_settings()
+    try:
+        wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=15)
+    except TimeoutError as exc:
+        pytest.fail(f"Kafka is not reachable ({exc}); start the stack with `make up`")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    setup_tracing("cx-tests", extra_processors=[SimpleSpanProcessor(exporter)])
+    return exporter
+
+
+@pytest.fixture(scope="session")
+def ingest_address(kafka: KafkaSettings, spans: InMemorySpanExporter) -> Iterator[str]:
+    """An in-process ingest server on a free port, writing to the real broker."""
+    publisher = TouchpointPublisher.connect(kafka.kafka_bootstrap_servers, kafka.touchpoints_topic)
+    server = build_server(publisher, "127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{server.port}"
+    server.stop(grace_s=1)
+    publisher.close()
+
+
+@pytest.fixture
+def ingest_channel(ingest_address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(ingest_address) as channel:
+        yield channel
+
+
+def read_record(bootstrap: str, topic: str, partition: int, offset: int) -> ConsumerRecord:
+    """The record at one position, read with a plain consumer (no group)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        for _ in range(20):
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.offset == offset:
+                        return record
+        raise AssertionError(f"no record at {topic}/{partition}@{offset}")
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
