@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from services.common.grpc_client import traced_channel
 from services.common.kafka_io import SCHEMA_HEADER, SCHEMA_VERSION_HEADER, TOUCHPOINT_SCHEMA
 from services.common.settings import KafkaSettings, grpc_ports
 from services.common.telemetry import header_value
@@ -153,3 +154,19 @@ def test_cli_sends_json_lines_and_reports_rejects_by_line(
     assert "line 2: rejected" in result.stderr
     assert "survey_response.score" in result.stderr
     assert "line 3: rejected: not a TouchpointEvent in JSON" in result.stderr
+
+
+def test_trace_continues_from_the_calling_client_into_the_server(
+    ingest_address: str, spans: InMemorySpanExporter
+) -> None:
+    with traced_channel(ingest_address) as channel:
+        ingest_pb2_grpc.IngestServiceStub(channel).Track(pb.TrackRequest(event=page_view()))
+    finished = spans.get_finished_spans()
+    client = next(s for s in reversed(finished) if s.kind == SpanKind.CLIENT)
+    server = next(
+        s
+        for s in finished
+        if s.kind == SpanKind.SERVER and s.context.trace_id == client.context.trace_id
+    )
+    assert server.parent is not None
+    assert server.parent.span_id == client.context.span_id
