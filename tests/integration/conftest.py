@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+import redis
+import redis.asyncio as aioredis
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common.kafka_admin import wait_for_broker
-from services.common.settings import KafkaSettings, kafka_settings
+from services.common.settings import KafkaSettings, kafka_settings, redis_settings
 from services.common.telemetry import setup_tracing
 from services.ingest.publisher import TouchpointPublisher
 from services.ingest.server import build_server
+from services.profile.adapters.store import ProfileStore
+from services.profile.settings import Guardrails, ProfileSettings
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +81,24 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
     finally:
         consumer.close()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_settings().redis_url)
+    try:
+        await client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable ({exc}); start the stack with `make up`")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def profile_store(redis_client: aioredis.Redis) -> AsyncIterator[ProfileStore]:
+    """A store on its own key prefix, deleted afterwards."""
+    settings = ProfileSettings(key_prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    yield ProfileStore(redis_client, settings, Guardrails.load(settings.identity_file))
+    keys = [k async for k in redis_client.scan_iter(match=f"{settings.key_prefix}*")]
+    if keys:
+        await redis_client.delete(*keys)

@@ -1,0 +1,94 @@
+-- Applies a batch of events to their profiles, atomically (one round trip).
+-- ARGV[1]: key prefix; ARGV[2]: dedup window in seconds; ARGV[3]: most events kept per
+-- profile; then per event two arguments: a JSON header {e = event id, p = profile id,
+-- t = ts ms, o = ops, g = outbox signals} and the event's protobuf bytes.
+-- An event id already applied within the window changes nothing (idempotent).
+-- Returns {statuses, profiles}: a status per event (applied, duplicate, gone) and, per
+-- touched profile, its stored structures for derivations and change events.
+local prefix, window, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local function pkey(pid) return prefix .. 'p:' .. pid end
+local function follow(pid)
+  for _ = 1, 16 do
+    local next_pid = redis.call('HGET', prefix .. 'alias', pid)
+    if not next_pid then return pid end
+    pid = next_pid
+  end
+  return pid
+end
+local function newer(ts, v, cur_ts, cur_v)
+  if not cur_ts then return true end
+  ts, cur_ts = tonumber(ts), tonumber(cur_ts)
+  return ts > cur_ts or (ts == cur_ts and v > (cur_v or ''))
+end
+local function fmt(x) return string.format('%.17g', x) end
+
+local statuses, touched, order = {}, {}, {}
+for i = 4, #ARGV, 2 do
+  local head = cjson.decode(ARGV[i])
+  local pid = follow(head.p)
+  local main = pkey(pid)
+  local status
+  if redis.call('EXISTS', main .. ':ids') == 0 then
+    status = 'gone'
+  elseif not redis.call('SET', prefix .. 'seen:' .. head.e, pid, 'NX', 'EX', window) then
+    status = 'duplicate'
+  else
+    status = 'applied'
+    local ts = head.t
+    for _, op in ipairs(head.o) do
+      local kind = op[1]
+      if kind == 'c' then
+        redis.call('HINCRBYFLOAT', main, 'c:' .. op[2], fmt(op[3]))
+      elseif kind == 'mn' or kind == 'mx' then
+        local field = kind .. ':' .. op[2]
+        local cur = redis.call('HGET', main, field)
+        if not cur or (kind == 'mn' and op[3] < tonumber(cur))
+            or (kind == 'mx' and op[3] > tonumber(cur)) then
+          redis.call('HSET', main, field, fmt(op[3]))
+        end
+      elseif kind == 'l' then
+        local name, value = op[2], op[3]
+        if newer(ts, value, redis.call('HGET', main, 'lt:' .. name), redis.call('HGET', main, 'l:' .. name)) then
+          redis.call('HSET', main, 'l:' .. name, value, 'lt:' .. name, ts)
+        end
+      elseif kind == 'h' then
+        local key, field, value = main .. ':' .. op[2], op[3], op[4]
+        local cur = redis.call('HGET', key, field)
+        local cur_ts, cur_val = nil, nil
+        if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
+        if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
+      elseif kind == 'z' then
+        redis.call('ZADD', main .. ':' .. op[2], 'GT', ts, op[3])
+      end
+    end
+    for _, signal in ipairs(head.g) do
+      redis.call('RPUSH', main .. ':outbox', signal)
+    end
+    redis.call('ZADD', main .. ':events', ts, ARGV[i + 1])
+    if redis.call('ZCARD', main .. ':events') > keep then
+      redis.call('ZREMRANGEBYRANK', main .. ':events', 0, -(keep + 1))
+    end
+  end
+  table.insert(statuses, status)
+  if status ~= 'gone' and not touched[pid] then
+    touched[pid] = true
+    table.insert(order, pid)
+  end
+end
+
+local profiles = {}
+for _, pid in ipairs(order) do
+  local main = pkey(pid)
+  table.insert(profiles, {
+    pid,
+    redis.call('HGETALL', main),
+    redis.call('SMEMBERS', main .. ':ids'),
+    redis.call('HGETALL', main .. ':traits'),
+    redis.call('HGETALL', main .. ':consent'),
+    redis.call('HGETALL', main .. ':complaints'),
+    redis.call('ZRANGE', main .. ':contacts', 0, -1, 'WITHSCORES'),
+    redis.call('LRANGE', main .. ':outbox', 0, -1),
+  })
+end
+return {statuses, profiles}

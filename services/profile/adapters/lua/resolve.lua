@@ -1,0 +1,184 @@
+-- Identity resolution for a batch of events, atomically (one round trip).
+-- ARGV[1]: key prefix; ARGV[2]: JSON config {max = {type = n}, blocked = {"t:v" = true},
+--          salt = "..."}; ARGV[3]: JSON list of {e = event id, t = ts ms, s = source,
+--          ids = {{type, value}, ...}} with types c (customer), e (email), p (phone),
+--          a (anonymous).
+-- Returns JSON: per event {p = profile id} or {x = reason}; merges as {m = {losers}}.
+-- Layout: see services/profile/adapters/store.py.
+local prefix = ARGV[1]
+local config = cjson.decode(ARGV[2])
+local events = cjson.decode(ARGV[3])
+local PRIORITY = {c = 1, e = 2, p = 3, a = 4}
+
+local function id_key(t, v) return prefix .. 'id:' .. t .. ':' .. v end
+local function pkey(pid) return prefix .. 'p:' .. pid end
+
+local function follow(pid)
+  for _ = 1, 16 do
+    local next_pid = redis.call('HGET', prefix .. 'alias', pid)
+    if not next_pid then return pid end
+    pid = next_pid
+  end
+  return pid
+end
+
+local function newer(ts, v, cur_ts, cur_v)
+  if not cur_ts then return true end
+  ts, cur_ts = tonumber(ts), tonumber(cur_ts)
+  return ts > cur_ts or (ts == cur_ts and v > (cur_v or ''))
+end
+
+local function fmt(x) return string.format('%.17g', x) end
+
+local function customer_id_of(pid)
+  local members = redis.call('SMEMBERS', pkey(pid) .. ':ids')
+  for _, m in ipairs(members) do
+    if string.sub(m, 1, 2) == 'c:' then return string.sub(m, 3) end
+  end
+  return nil
+end
+
+local function count_of(pid, t)
+  return tonumber(redis.call('HGET', pkey(pid), 'c:ids.' .. t) or '0')
+end
+
+local function link(pid, t, v, ev)
+  redis.call('HSET', id_key(t, v), 'p', pid, 'ev', ev.e, 'at', ev.t, 'src', ev.s or '')
+  if redis.call('SADD', pkey(pid) .. ':ids', t .. ':' .. v) == 1 then
+    redis.call('HINCRBY', pkey(pid), 'c:ids.' .. t, 1)
+  end
+  local main = pkey(pid)
+  if newer(ev.t, ev.e, redis.call('HGET', main, 'lt:u.identity'), redis.call('HGET', main, 'l:u.identity')) then
+    redis.call('HSET', main, 'l:u.identity', ev.e, 'lt:u.identity', ev.t)
+  end
+end
+
+local function merge_latest_hash(from, to)
+  local flat = redis.call('HGETALL', from)
+  for i = 1, #flat, 2 do
+    local field, packed = flat[i], flat[i + 1]
+    local ts, val = string.match(packed, '^([^|]*)|(.*)$')
+    local cur = redis.call('HGET', to, field)
+    local cur_ts, cur_val = nil, nil
+    if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
+    if newer(ts, val, cur_ts, cur_val) then redis.call('HSET', to, field, packed) end
+  end
+end
+
+-- Moves everything of `loser` into `survivor`, by each field's combining rule.
+local function merge(loser, survivor, ev)
+  local from, to = pkey(loser), pkey(survivor)
+  local flat = redis.call('HGETALL', from)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  for field, value in pairs(fields) do
+    local kind, name = string.match(field, '^([^:]+):(.*)$')
+    if kind == 'c' then
+      redis.call('HINCRBYFLOAT', to, field, value)
+    elseif kind == 'mn' or kind == 'mx' then
+      local cur = redis.call('HGET', to, field)
+      if not cur or (kind == 'mn' and tonumber(value) < tonumber(cur))
+          or (kind == 'mx' and tonumber(value) > tonumber(cur)) then
+        redis.call('HSET', to, field, value)
+      end
+    elseif kind == 'l' then
+      local ts = fields['lt:' .. name]
+      if newer(ts, value, redis.call('HGET', to, 'lt:' .. name), redis.call('HGET', to, field)) then
+        redis.call('HSET', to, field, value, 'lt:' .. name, ts)
+      end
+    elseif kind == 's' and name == 'segments' then
+      for seg in string.gmatch(value, '[^,]+') do
+        redis.call('ZREM', prefix .. 'seg:' .. seg, loser)
+      end
+    end
+  end
+  for _, sub in ipairs({'traits', 'consent', 'complaints'}) do
+    merge_latest_hash(from .. ':' .. sub, to .. ':' .. sub)
+  end
+  for _, sub in ipairs({'contacts', 'events'}) do
+    redis.call('ZUNIONSTORE', to .. ':' .. sub, 2, to .. ':' .. sub, from .. ':' .. sub,
+      'AGGREGATE', 'MAX')
+  end
+  local loser_ids = redis.call('SMEMBERS', from .. ':ids')
+  for _, m in ipairs(loser_ids) do
+    local t, v = string.match(m, '^(%a):(.*)$')
+    redis.call('HSET', id_key(t, v), 'p', survivor)
+    redis.call('SADD', to .. ':ids', m)
+  end
+  local outbox = redis.call('LRANGE', from .. ':outbox', 0, -1)
+  for _, item in ipairs(outbox) do redis.call('RPUSH', to .. ':outbox', item) end
+  redis.call('RPUSH', to .. ':outbox',
+    cjson.encode({k = 'merged', e = ev.e, t = ev.t, loser = loser}))
+  redis.call('RPUSH', to .. ':merges',
+    cjson.encode({loser = loser, e = ev.e, t = ev.t, ids = loser_ids}))
+  redis.call('HSET', prefix .. 'alias', loser, survivor)
+  redis.call('DEL', from, from .. ':ids', from .. ':traits', from .. ':consent',
+    from .. ':complaints', from .. ':contacts', from .. ':events', from .. ':outbox',
+    from .. ':merges')
+end
+
+local function suppressed(t, v)
+  if config.salt == nil or config.salt == '' then return false end
+  return redis.call('EXISTS', prefix .. 'erased:' .. redis.sha1hex(config.salt .. t .. ':' .. v)) == 1
+end
+
+local results = {}
+for i, ev in ipairs(events) do
+  local ids, owners, order = {}, {}, {}
+  local erased = false
+  for _, pair in ipairs(ev.ids) do
+    local t, v = pair[1], pair[2]
+    if not config.blocked[t .. ':' .. v] then
+      if suppressed(t, v) then erased = true end
+      table.insert(ids, {t, v})
+    end
+  end
+  table.sort(ids, function(x, y) return PRIORITY[x[1]] < PRIORITY[y[1]] end)
+  if erased then
+    results[i] = {x = 'erased'}
+  elseif #ids == 0 then
+    results[i] = {x = 'blocked'}
+  else
+    for _, id in ipairs(ids) do
+      local pid = redis.call('HGET', id_key(id[1], id[2]), 'p')
+      if pid then
+        pid = follow(pid)
+        if not owners[pid] then owners[pid] = true; table.insert(order, pid) end
+      end
+    end
+    local pid = order[1]
+    local merged = {}
+    if not pid then
+      pid = 'p_' .. string.sub(redis.sha1hex(ev.e .. '|' .. ids[1][1] .. ':' .. ids[1][2]), 1, 20)
+      redis.call('HSET', pkey(pid), 'mn:created', ev.t)
+    end
+    -- Candidates are ordered by the priority of the identifier that found them, so the
+    -- survivor is the profile of the event's strongest identifier.
+    local survivor_customer = customer_id_of(pid)
+    for j = 2, #order do
+      local other = order[j]
+      local other_customer = customer_id_of(other)
+      local conflict = survivor_customer and other_customer and survivor_customer ~= other_customer
+      local too_many = false
+      for t, limit in pairs(config.max) do
+        if count_of(pid, t) + count_of(other, t) > limit then too_many = true end
+      end
+      if not conflict and not too_many then
+        merge(other, pid, ev)
+        table.insert(merged, other)
+        survivor_customer = survivor_customer or other_customer
+      end
+    end
+    for _, id in ipairs(ids) do
+      local owner = redis.call('HGET', id_key(id[1], id[2]), 'p')
+      if not owner then
+        local has_customer = id[1] == 'c' and customer_id_of(pid)
+        if not has_customer and count_of(pid, id[1]) < (config.max[id[1]] or 1000000) then
+          link(pid, id[1], id[2], ev)
+        end
+      end
+    end
+    results[i] = {p = pid, m = merged}
+  end
+end
+return cjson.encode(results)

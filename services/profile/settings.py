@@ -1,0 +1,55 @@
+"""Profile service settings (environment variables with local defaults)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).parent / "config"
+IDENTIFIER_TYPES = {"customer_id": "c", "email": "e", "phone": "p", "anonymous_id": "a"}
+
+
+class ProfileSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROFILE_", extra="ignore")
+
+    key_prefix: str = "cx:"
+    # Repartition topic: events re-keyed by profile id.
+    events_topic: str = "cx.profile-events.v1"
+    changes_topic: str = "cx.profile-changes.v1"
+    # Event ids are remembered this long (longer than the touchpoint topic's retention).
+    dedup_window_s: int = 8 * 24 * 3600
+    # Events kept per profile: the timeline, and the source of unmerge rebuilds.
+    events_kept: int = 500
+    timeline_max_page: int = 200
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    erasure_suppression_days: int = 30
+    # Salt for erased identifiers' hashes; generated once and kept in Redis when unset.
+    erasure_salt: str = ""
+    identity_file: Path = CONFIG_DIR / "identity.toml"
+    consumer_group: str = "cx-profile"
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    limits: dict[str, int]
+    blocked: frozenset[str]
+
+    @classmethod
+    def load(cls, path: Path) -> Guardrails:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+        limits: dict[str, int] = {}
+        blocked: set[str] = set()
+        for name, limit in raw.get("limits", {}).items():
+            if name not in IDENTIFIER_TYPES:
+                raise ValueError(f"{path}: [limits] {name} is not an identifier type")
+            limits[IDENTIFIER_TYPES[name]] = int(limit)
+        for name, values in raw.get("blocked", {}).items():
+            if name not in IDENTIFIER_TYPES:
+                raise ValueError(f"{path}: [blocked] {name} is not an identifier type")
+            blocked.update(f"{IDENTIFIER_TYPES[name]}:{v}" for v in values)
+        return cls(limits, frozenset(blocked))
