@@ -23,6 +23,9 @@ class KafkaSettings(BaseSettings):
     kafka_replication_factor: int = 1
     touchpoints_topic: str = "cx.touchpoints.v1"
     touchpoints_dlq_topic: str = "cx.touchpoints.dlq.v1"
+    # Touchpoint events re-keyed by profile id (the profile service's repartition topic).
+    profile_events_topic: str = "cx.profile-events.v1"
+    profile_changes_topic: str = "cx.profile-changes.v1"
 
 
 class RedisSettings(BaseSettings):

@@ -22,11 +22,13 @@ TOUCHPOINT_RETENTION_MS = 7 * 24 * 3600 * 1000
 def platform_topics(settings: KafkaSettings | None = None) -> list[TopicSpec]:
     s = settings or kafka_settings()
     retention = {"retention.ms": str(TOUCHPOINT_RETENTION_MS)}
+    names = (
+        s.touchpoints_topic,
+        s.touchpoints_dlq_topic,
+        s.profile_events_topic,
+        s.profile_changes_topic,
+    )
     return [
-        TopicSpec(
-            s.touchpoints_topic, s.kafka_topic_partitions, s.kafka_replication_factor, retention
-        ),
-        TopicSpec(
-            s.touchpoints_dlq_topic, s.kafka_topic_partitions, s.kafka_replication_factor, retention
-        ),
+        TopicSpec(name, s.kafka_topic_partitions, s.kafka_replication_factor, retention)
+        for name in names
     ]

@@ -12,7 +12,7 @@ from services.common.grpc_server import ServiceServer
 from services.common.logs import setup_logging
 from services.common.settings import grpc_ports, kafka_settings, metrics_ports
 from services.common.telemetry import setup_tracing, start_metrics_server
-from services.ingest.publisher import TouchpointPublisher
+from services.common.touchpoint_publisher import TouchpointPublisher
 from services.ingest.service import MAX_BATCH, IngestServicer
 
 log = logging.getLogger(__name__)

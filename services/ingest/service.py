@@ -12,8 +12,8 @@ from cx.ingest.v1 import ingest_pb2 as pb
 from cx.ingest.v1 import ingest_pb2_grpc
 from prometheus_client import Counter, Histogram
 
+from services.common.touchpoint_publisher import Published, PublishError
 from services.common.validation import DEFAULT_LIMITS, Limits, Violation, normalise_and_validate
-from services.ingest.publisher import Published, PublishError
 
 EVENTS = Counter("cx_ingest_events", "Events received by ingestion", ["rpc", "status"])
 REJECTIONS = Counter("cx_ingest_rejections", "Rejected events by field", ["field"])

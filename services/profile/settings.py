@@ -16,13 +16,12 @@ class ProfileSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROFILE_", extra="ignore")
 
     key_prefix: str = "cx:"
-    # Repartition topic: events re-keyed by profile id.
-    events_topic: str = "cx.profile-events.v1"
-    changes_topic: str = "cx.profile-changes.v1"
     # Event ids are remembered this long (longer than the touchpoint topic's retention).
     dedup_window_s: int = 8 * 24 * 3600
     # Events kept per profile: the timeline, and the source of unmerge rebuilds.
     events_kept: int = 500
+    # The timeline shows the newest this many events, at most timeline_max_page a page.
+    timeline_size: int = 200
     timeline_max_page: int = 200
     batch_size: int = 500
     batch_within_s: float = 0.05
@@ -31,6 +30,8 @@ class ProfileSettings(BaseSettings):
     erasure_salt: str = ""
     identity_file: Path = CONFIG_DIR / "identity.toml"
     consumer_group: str = "cx-profile"
+    # Prometheus /metrics of the stream worker (0 turns it off).
+    worker_metrics_port: int = 9468
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.common.kafka_admin import wait_for_broker
 from services.common.settings import KafkaSettings, kafka_settings, redis_settings
 from services.common.telemetry import setup_tracing
-from services.ingest.publisher import TouchpointPublisher
+from services.common.touchpoint_publisher import TouchpointPublisher
 from services.ingest.server import build_server
 from services.profile.adapters.store import ProfileStore
 from services.profile.settings import Guardrails, ProfileSettings
+from tests.integration.profile_harness import ProfileHarness
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +103,13 @@ async def profile_store(redis_client: aioredis.Redis) -> AsyncIterator[ProfileSt
     keys = [k async for k in redis_client.scan_iter(match=f"{settings.key_prefix}*")]
     if keys:
         await redis_client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def profile_harness(
+    kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProfileHarness]:
+    harness = ProfileHarness(kafka, redis_settings().redis_url, tmp_path_factory.mktemp("logs"))
+    harness.start_worker()
+    yield harness
+    harness.close()

@@ -10,7 +10,7 @@ import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 
-from services.ingest.publisher import Published, PublishError
+from services.common.touchpoint_publisher import Published, PublishError
 from services.ingest.service import IngestServicer
 from tests.factories import page_view, survey
 

@@ -8,11 +8,13 @@ Keys (prefix `cx:` by default):
   p:{id}:events        sorted set of the profile's stored events (protobuf) by time
   p:{id}:outbox        list of signals not yet published as change events
   p:{id}:merges        list of merges into this profile (for UnmergeProfile)
+  p:{id}:apart         profiles split off this one, never merged back automatically
   id:{t}:{value}       hash: owning profile and lineage (event, time, source)
   alias                hash: merged profile id -> surviving profile id
   seen:{event id}      applied event ids, expiring after the dedup window
   seg:{name}           sorted set of segment members by entry time
   erased:{hash}        salted hashes of erased identifiers, expiring after suppression
+  stats                counts of events not applied: suppressed (erased), blocked
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from services.profile.domain.state import ProfileState
 from services.profile.settings import Guardrails, ProfileSettings
 
 LUA_DIR = Path(__file__).parent / "lua"
-SUBKEYS = ("ids", "traits", "consent", "complaints", "contacts", "events", "outbox", "merges")
+SUBKEYS = (
+    "ids",
+    "traits",
+    "consent",
+    "complaints",
+    "contacts",
+    "events",
+    "outbox",
+    "merges",
+    "apart",
+)
 
 
 def identifiers_of(event: ev.TouchpointEvent) -> list[tuple[str, str]]:
@@ -235,3 +247,31 @@ class ProfileStore:
             for u in updates
         ]
         await self._publish(args=[self.settings.key_prefix, json.dumps(items)])
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def state_to_redis(state: ProfileState) -> dict[str, Any]:
+    """The inverse of ProfileState.from_redis for the aggregates (not ids or events)."""
+    main: dict[str, str] = {}
+    main.update({f"c:{k}": _number(v) for k, v in state.sums.items()})
+    main.update({f"mn:{k}": _number(v) for k, v in state.minima.items()})
+    main.update({f"mx:{k}": _number(v) for k, v in state.maxima.items()})
+    for name, item in state.latest.items():
+        main[f"l:{name}"] = item.value
+        main[f"lt:{name}"] = str(item.ts_ms)
+
+    def packed(items: dict[str, Any]) -> dict[str, str]:
+        return {k: f"{v.ts_ms}|{v.value}" for k, v in items.items()}
+
+    return {
+        "main": main,
+        "traits": packed(state.traits),
+        "consent": packed(state.consent),
+        "complaints": packed(state.complaints),
+        "contacts": [
+            [f"{c.contact_id}|{c.reason}|{int(c.resolved)}", c.ts_ms] for c in state.contacts
+        ],
+    }

@@ -31,7 +31,7 @@ for i = 4, #ARGV, 2 do
   local status
   if redis.call('EXISTS', main .. ':ids') == 0 then
     status = 'gone'
-  elseif not redis.call('SET', prefix .. 'seen:' .. head.e, pid, 'NX', 'EX', window) then
+  elseif not redis.call('SET', prefix .. 'seen:' .. head.e, '1', 'NX', 'EX', window) then
     status = 'duplicate'
   else
     status = 'applied'

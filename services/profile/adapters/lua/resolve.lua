@@ -99,6 +99,7 @@ local function merge(loser, survivor, ev)
     redis.call('ZUNIONSTORE', to .. ':' .. sub, 2, to .. ':' .. sub, from .. ':' .. sub,
       'AGGREGATE', 'MAX')
   end
+  redis.call('SUNIONSTORE', to .. ':apart', to .. ':apart', from .. ':apart')
   local loser_ids = redis.call('SMEMBERS', from .. ':ids')
   for _, m in ipairs(loser_ids) do
     local t, v = string.match(m, '^(%a):(.*)$')
@@ -114,7 +115,7 @@ local function merge(loser, survivor, ev)
   redis.call('HSET', prefix .. 'alias', loser, survivor)
   redis.call('DEL', from, from .. ':ids', from .. ':traits', from .. ':consent',
     from .. ':complaints', from .. ':contacts', from .. ':events', from .. ':outbox',
-    from .. ':merges')
+    from .. ':merges', from .. ':apart')
 end
 
 local function suppressed(t, v)
@@ -136,8 +137,10 @@ for i, ev in ipairs(events) do
   table.sort(ids, function(x, y) return PRIORITY[x[1]] < PRIORITY[y[1]] end)
   if erased then
     results[i] = {x = 'erased'}
+    redis.call('HINCRBY', prefix .. 'stats', 'suppressed', 1)
   elseif #ids == 0 then
     results[i] = {x = 'blocked'}
+    redis.call('HINCRBY', prefix .. 'stats', 'blocked', 1)
   else
     for _, id in ipairs(ids) do
       local pid = redis.call('HGET', id_key(id[1], id[2]), 'p')
@@ -158,7 +161,9 @@ for i, ev in ipairs(events) do
     for j = 2, #order do
       local other = order[j]
       local other_customer = customer_id_of(other)
-      local conflict = survivor_customer and other_customer and survivor_customer ~= other_customer
+      local conflict = (survivor_customer and other_customer and survivor_customer ~= other_customer)
+        or redis.call('SISMEMBER', pkey(pid) .. ':apart', other) == 1
+        or redis.call('SISMEMBER', pkey(other) .. ':apart', pid) == 1
       local too_many = false
       for t, limit in pairs(config.max) do
         if count_of(pid, t) + count_of(other, t) > limit then too_many = true end

@@ -1,4 +1,4 @@
-"""Writes accepted touchpoint events to Kafka (the ingest service's only adapter)."""
+"""Writes touchpoint events to Kafka, waiting for the broker to acknowledge each one."""
 
 from __future__ import annotations
 

@@ -1,0 +1,158 @@
+"""The profile worker's two batch steps, without Kafka: tests call them directly.
+
+1. `resolve`: decode records (bad ones become dead letters), find or create each event's
+   profile in one script call, and return the events to forward keyed by profile id.
+2. `apply`: apply a batch of re-keyed events in one script call, derive each touched
+   profile and compute its change events; the caller publishes the changes, then records
+   them with `store.publish`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cx.events.v1 import touchpoint_pb2 as ev
+from cx.profile.v1 import profile_pb2 as pb
+from prometheus_client import Counter
+
+from services.common.dead_letter import (
+    DeadLetter,
+    InvalidRecord,
+    SourceRecord,
+    TouchpointDecoder,
+    dead_letter,
+)
+from services.common.telemetry import KafkaHeaders
+from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
+from services.profile.domain.changes import compute_changes
+from services.profile.domain.derive import derive
+from services.profile.domain.effects import effects_of
+from services.profile.domain.segments import Segment, evaluate
+
+RECORDS = Counter(
+    "cx_profile_records", "Touchpoint records read by the profile worker", ["outcome"]
+)
+APPLIED = Counter("cx_profile_events", "Re-keyed events by apply status", ["status"])
+CHANGES = Counter("cx_profile_changes", "Profile change events published", ["kind"])
+MERGES = Counter("cx_profile_merges", "Profiles merged into another")
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    def send(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+
+@dataclass(frozen=True)
+class Forward:
+    profile_id: str
+    event: ev.TouchpointEvent
+    headers: KafkaHeaders
+
+
+@dataclass
+class ResolveOutcome:
+    forwards: list[Forward] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    suppressed: int = 0
+
+
+@dataclass
+class ApplyOutcome:
+    statuses: list[str]
+    changes: list[pb.ProfileChange]
+    updates: list[SnapshotUpdate]
+
+
+class ProfilePipeline:
+    def __init__(
+        self,
+        store: ProfileStore,
+        segments: Sequence[Segment],
+        *,
+        dlq_topic: str,
+        consumer: str = "cx-profile",
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.store = store
+        self.segments = list(segments)
+        self.dlq_topic = dlq_topic
+        self.consumer = consumer
+        self.now_ms = now_ms
+
+    async def resolve(self, records: Sequence[SourceRecord]) -> ResolveOutcome:
+        sink = _ListSink()
+        decoder = TouchpointDecoder(sink, dlq_topic=self.dlq_topic, consumer=self.consumer)
+        valid: list[tuple[SourceRecord, ev.TouchpointEvent]] = []
+        for record in records:
+            event = decoder.decode(record)
+            if event is not None:
+                valid.append((record, event))
+        outcome = ResolveOutcome(dead_letters=sink.letters)
+        RECORDS.labels("dead_lettered").inc(len(sink.letters))
+        if not valid:
+            return outcome
+        resolved = await self.store.resolve([e for _, e in valid])
+        for (record, event), result in zip(valid, resolved, strict=True):
+            if result.profile_id is not None:
+                outcome.forwards.append(Forward(result.profile_id, event, record.headers))
+                MERGES.inc(len(result.merged))
+            elif result.reason == "erased":
+                # Deliberate: the person asked to be erased; counted, not re-created.
+                outcome.suppressed += 1
+                RECORDS.labels("suppressed").inc()
+            else:
+                error = InvalidRecord(
+                    "no identifier can be linked: every identifier is on the blocked list",
+                    "identities",
+                )
+                outcome.dead_letters.append(
+                    dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
+                )
+                RECORDS.labels("dead_lettered").inc()
+        RECORDS.labels("forwarded").inc(len(outcome.forwards))
+        return outcome
+
+    async def apply(self, items: Sequence[tuple[str, ev.TouchpointEvent]]) -> ApplyOutcome:
+        statuses, profiles = await self.store.apply(
+            [ToApply(pid, event, effects_of(event)) for pid, event in items]
+        )
+        for status in statuses:
+            APPLIED.labels(status).inc()
+        now = self.now_ms()
+        changes: list[pb.ProfileChange] = []
+        updates: list[SnapshotUpdate] = []
+        for stored in profiles:
+            state = stored.state()
+            derived = derive(state, now)
+            members = evaluate(self.segments, derived.fields())
+            version = state.latest.get("u.activity")
+            result = compute_changes(
+                stored.profile_id,
+                state.snapshot,
+                derived,
+                members,
+                stored.outbox,
+                now,
+                version.value if version else "",
+            )
+            if result.snapshot == state.snapshot and not stored.outbox:
+                continue
+            changes.extend(result.changes)
+            for change in result.changes:
+                CHANGES.labels(change.WhichOneof("change") or "unknown").inc()
+            updates.append(
+                SnapshotUpdate(
+                    stored.profile_id,
+                    result.snapshot,
+                    result.segments_entered,
+                    result.segments_left,
+                    len(stored.outbox),
+                    now,
+                )
+            )
+        return ApplyOutcome(statuses, changes, updates)

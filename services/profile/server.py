@@ -1,0 +1,50 @@
+"""Profile gRPC server: `python -m services.profile.server`."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import redis
+from cx.profile.v1 import profile_pb2, profile_pb2_grpc
+
+from services.common.grpc_server import ServiceServer
+from services.common.logs import setup_logging
+from services.common.settings import grpc_ports, kafka_settings, metrics_ports, redis_settings
+from services.common.telemetry import setup_tracing, start_metrics_server
+from services.common.touchpoint_publisher import TouchpointPublisher
+from services.profile.adapters.reader import ProfileReader
+from services.profile.domain.segments import load_segments
+from services.profile.service import ProfileServicer
+from services.profile.settings import ProfileSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+
+
+def build_server(
+    reader: ProfileReader, publisher: TouchpointPublisher | None, address: str
+) -> ServiceServer:
+    servicer = ProfileServicer(reader, load_segments(), publisher)
+
+    def register(server: grpc.Server) -> None:
+        profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
+
+    return ServiceServer(register, [SERVICE_NAME], address)
+
+
+def main() -> None:
+    setup_logging("profile")
+    setup_tracing("cx-profile")
+    ports, kafka, metrics = grpc_ports(), kafka_settings(), metrics_ports()
+    start_metrics_server(metrics.metrics_host, metrics.profile_metrics_port)
+    reader = ProfileReader(redis.Redis.from_url(redis_settings().redis_url), ProfileSettings())
+    publisher = TouchpointPublisher.connect(kafka.kafka_bootstrap_servers, kafka.touchpoints_topic)
+    server = build_server(reader, publisher, f"{ports.grpc_host}:{ports.profile_grpc_port}")
+    server.start()
+    log.info("profile serving on %s:%s", ports.grpc_host, server.port)
+    server.serve_until_signalled(on_stop=publisher.close)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The Profile message callers see, built from stored aggregates (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from cx.events.v1 import touchpoint_pb2 as ev
+from cx.profile.v1 import profile_pb2 as pb
+
+from services.profile.adapters.reader import LoadedProfile
+from services.profile.domain.derive import derive
+from services.profile.domain.segments import Segment, evaluate
+from services.profile.domain.state import Latest, ProfileState
+
+ID_TYPE = {
+    "c": pb.IDENTIFIER_TYPE_CUSTOMER_ID,
+    "a": pb.IDENTIFIER_TYPE_ANONYMOUS_ID,
+    "e": pb.IDENTIFIER_TYPE_EMAIL,
+    "p": pb.IDENTIFIER_TYPE_PHONE,
+}
+
+
+def _freshness(target: pb.Freshness, *latest: Latest | None) -> None:
+    newest = max((item for item in latest if item is not None), key=lambda i: i.ts_ms, default=None)
+    if newest is not None:
+        target.updated_at.FromMilliseconds(newest.ts_ms)
+        target.event_id = newest.value
+
+
+def _set_ms(target: object, name: str, ms: int | None) -> None:
+    if ms is not None:
+        getattr(target, name).FromMilliseconds(ms)
+
+
+def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: int) -> pb.Profile:
+    state: ProfileState = loaded.stored.state()
+    d = derive(state, now_ms)
+    u = state.latest.get
+    profile = pb.Profile(
+        profile_id=state.profile_id, journey_stage=d.journey_stage, value_tier=d.value_tier
+    )
+    profile.computed_at.FromMilliseconds(now_ms)
+    for link in loaded.lineage:
+        t, value = link.identifier
+        entry = profile.identities.add(
+            identifier=pb.Identifier(
+                type=ID_TYPE.get(t, pb.IDENTIFIER_TYPE_UNSPECIFIED), value=value
+            ),
+            linked_by_event_id=link.event_id,
+            source_system=link.source_system,
+        )
+        _set_ms(entry, "linked_at", link.linked_at_ms or None)
+
+    for key, item in sorted(state.traits.items()):
+        profile.traits.update({key: json.loads(item.value)})
+    _freshness(profile.traits_updated, u("u.traits"))
+
+    for purpose, item in sorted(state.consent.items()):
+        granted, _, rest = item.value.partition("|")
+        source, _, event_id = rest.partition("|")
+        consent = profile.consents.add(
+            purpose=ev.ConsentChange.Purpose.Value(f"PURPOSE_{purpose.upper()}"),
+            granted=granted == "1",
+            source_system=source,
+        )
+        _freshness(consent.updated, Latest(event_id, item.ts_ms))
+
+    a = d.activity
+    activity = profile.activity
+    _freshness(activity.updated, u("u.activity"))
+    _set_ms(activity, "first_seen", a.first_seen_ms)
+    _set_ms(activity, "last_seen", a.last_seen_ms)
+    activity.events = a.events
+    activity.events_by_channel.update({k: n for k, n in a.events_by_channel.items() if n})
+    activity.events_by_type.update({k: n for k, n in a.events_by_type.items() if n})
+    activity.last_channel = a.last_channel or ""
+
+    c = d.commerce
+    commerce = profile.commerce
+    _freshness(commerce.updated, u("u.commerce"))
+    commerce.orders = c.orders
+    commerce.revenue = c.revenue
+    commerce.refunds = c.refunds
+    commerce.net_revenue = c.net_revenue
+    commerce.average_order_value = c.average_order_value
+    commerce.returns = c.returns
+    commerce.cancellations = c.cancellations
+    commerce.payment_failures = c.payment_failures
+    commerce.late_deliveries = c.late_deliveries
+    commerce.currency_code = c.currency_code or ""
+    commerce.clv_historic = c.clv_historic
+    commerce.clv_predicted = c.clv_predicted
+    commerce.clv_total = c.clv_total
+    commerce.recency_days = c.recency_days if c.recency_days is not None else -1
+    commerce.rfm_recency = c.rfm_recency
+    commerce.rfm_frequency = c.rfm_frequency
+    commerce.rfm_monetary = c.rfm_monetary
+    _set_ms(commerce, "first_order_at", c.first_order_at_ms)
+    _set_ms(commerce, "last_order_at", c.last_order_at_ms)
+
+    x = d.cx
+    cx = profile.cx
+    _freshness(cx.updated, u("u.cx"), u("u.support"))
+    for name in (
+        "csat_last",
+        "csat_decayed",
+        "csat_percent",
+        "ces_last",
+        "ces_average",
+        "sentiment",
+    ):
+        value = getattr(x, name)
+        if value is not None:
+            setattr(cx, name, value)
+    if x.nps_last is not None:
+        cx.nps_last = x.nps_last
+    cx.nps_category = x.nps_category or ""
+    cx.open_complaints = x.open_complaints
+    cx.support_contacts_7d = x.support_contacts_7d
+    cx.support_contacts_30d = x.support_contacts_30d
+    cx.repeat_contacts_30d = x.repeat_contacts_30d
+
+    profile.churn_risk.score = d.churn_risk
+    profile.churn_risk.band = d.churn_band
+    for reason in d.churn_reasons:
+        profile.churn_risk.reasons.add(
+            code=reason.code, description=reason.description, contribution=reason.contribution
+        )
+    profile.segments.extend(sorted(evaluate(segments, d.fields())))
+    return profile

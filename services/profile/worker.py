@@ -1,0 +1,221 @@
+"""The profile stream worker (Faust): `python -m services.profile.worker`.
+
+Two agents, each taking batches:
+- `resolve_identities` reads `cx.touchpoints.v1`, dead-letters bad records, resolves each
+  event's profile and forwards it to `cx.profile-events.v1` keyed by profile id;
+- `apply_events` reads that topic, so one profile's events are applied in order by one
+  worker, applies each batch in one Redis script call and publishes change events to
+  `cx.profile-changes.v1`.
+
+Offsets are committed by Faust only after a batch returns, and a batch returns only after
+its Redis writes and Kafka sends succeeded: transient failures are retried in place, and
+anything unexpected ends the process before Faust can commit past unapplied events
+(Faust's `take` acks a batch even when the agent raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import faust
+import redis.asyncio as aioredis
+from cx.events.v1 import touchpoint_pb2 as ev
+from faust.serializers import codecs
+from opentelemetry import trace
+from opentelemetry.trace import Link
+from redis.exceptions import RedisError
+
+from services.common.dead_letter import SourceRecord
+from services.common.logs import setup_logging
+from services.common.settings import kafka_settings, metrics_ports, redis_settings
+from services.common.telemetry import (
+    KafkaHeaders,
+    extract_kafka_context,
+    inject_kafka_headers,
+    setup_tracing,
+    start_metrics_server,
+)
+from services.profile.adapters.store import ProfileStore
+from services.profile.domain.segments import load_segments
+from services.profile.pipeline import ProfilePipeline
+from services.profile.settings import Guardrails, ProfileSettings
+
+log = logging.getLogger("cx.profile.worker")
+tracer = trace.get_tracer("cx.profile.worker")
+T = TypeVar("T")
+MAX_LINKS = 64
+
+
+class TouchpointCodec(codecs.Codec):
+    """Faust codec for TouchpointEvent values on the re-keyed topic."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        data: bytes = obj.SerializeToString()
+        return data
+
+    def _loads(self, s: bytes) -> Any:
+        return ev.TouchpointEvent.FromString(s)
+
+
+codecs.register("cx-touchpoint", TouchpointCodec())
+
+kafka = kafka_settings()
+settings = ProfileSettings()
+
+app = faust.App(
+    settings.consumer_group,
+    broker=";".join(f"kafka://{b}" for b in kafka.kafka_bootstrap_servers.split(",")),
+    store="memory://",
+    key_serializer="raw",
+    value_serializer="raw",
+    topic_partitions=kafka.kafka_topic_partitions,
+    topic_replication_factor=kafka.kafka_replication_factor,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=10,
+    broker_heartbeat_interval=3,
+    broker_commit_interval=1.0,
+    producer_acks=-1,
+    web_enabled=False,
+)
+touchpoints = app.topic(kafka.touchpoints_topic, key_type=bytes, value_type=bytes)
+profile_events = app.topic(
+    kafka.profile_events_topic, key_type=bytes, value_serializer="cx-touchpoint"
+)
+changes_topic = app.topic(kafka.profile_changes_topic, key_type=bytes, value_type=bytes)
+dlq_topic = app.topic(kafka.touchpoints_dlq_topic, key_type=bytes, value_type=bytes)
+
+_pipeline: ProfilePipeline | None = None
+
+
+def pipeline() -> ProfilePipeline:
+    global _pipeline
+    if _pipeline is None:
+        client = aioredis.Redis.from_url(redis_settings().redis_url)
+        store = ProfileStore(client, settings, Guardrails.load(settings.identity_file))
+        _pipeline = ProfilePipeline(store, load_segments(), dlq_topic=kafka.touchpoints_dlq_topic)
+    return _pipeline
+
+
+async def retrying(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """Retries transient failures in place: the batch is never acked unapplied."""
+    delay = 0.1
+    while True:
+        try:
+            return await step()
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _headers(message: Any) -> KafkaHeaders:
+    raw = message.headers or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(k), bytes(v)) for k, v in items if v is not None]
+
+
+def _links(headers: Sequence[KafkaHeaders]) -> list[Link]:
+    links = []
+    for h in headers[:MAX_LINKS]:
+        span_context = trace.get_current_span(extract_kafka_context(h)).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+    return links
+
+
+def _fatal(exc: BaseException) -> None:
+    log.critical("unexpected failure, exiting before offsets are committed: %r", exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+async def resolve_batch(events: Sequence[Any]) -> None:
+    records = [
+        SourceRecord(
+            e.message.topic,
+            e.message.partition,
+            e.message.offset,
+            e.message.key,
+            e.message.value,
+            _headers(e.message),
+            e.message.timestamp and int(e.message.timestamp * 1000),
+        )
+        for e in events
+    ]
+    with tracer.start_as_current_span(
+        "profile.resolve",
+        links=_links([r.headers for r in records]),
+        attributes={"messaging.batch.message_count": len(records)},
+    ):
+        p = pipeline()
+        outcome = await retrying("identity resolution", lambda: p.resolve(records))
+        sends = [
+            await profile_events.send(key=f.profile_id.encode(), value=f.event, headers=f.headers)
+            for f in outcome.forwards
+        ]
+        sends += [
+            await dlq_topic.send(key=d.key, value=d.value, headers=d.headers)
+            for d in outcome.dead_letters
+        ]
+        await asyncio.gather(*sends)
+
+
+async def apply_batch(events: Sequence[Any]) -> None:
+    items = [(e.key.decode(), e.value) for e in events]
+    with tracer.start_as_current_span(
+        "profile.apply",
+        links=_links([_headers(e.message) for e in events]),
+        attributes={"messaging.batch.message_count": len(items)},
+    ):
+        p = pipeline()
+        outcome = await retrying("apply", lambda: p.apply(items))
+        headers = inject_kafka_headers()
+        sends = [
+            await changes_topic.send(
+                key=c.profile_id.encode(), value=c.SerializeToString(), headers=headers
+            )
+            for c in outcome.changes
+        ]
+        await asyncio.gather(*sends)
+        await retrying("publish", lambda: p.store.publish(outcome.updates))
+
+
+async def _batches(stream: Any) -> AsyncIterator[Sequence[Any]]:
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        yield events
+
+
+@app.agent(touchpoints)
+async def resolve_identities(stream: Any) -> None:
+    async for events in _batches(stream):
+        try:
+            await resolve_batch(events)
+        except Exception as exc:
+            _fatal(exc)
+
+
+@app.agent(profile_events)
+async def apply_events(stream: Any) -> None:
+    async for events in _batches(stream):
+        try:
+            await apply_batch(events)
+        except Exception as exc:
+            _fatal(exc)
+
+
+def main() -> None:
+    setup_logging("profile-worker")
+    setup_tracing("cx-profile-worker")
+    start_metrics_server(metrics_ports().metrics_host, settings.worker_metrics_port)
+    if len(sys.argv) == 1:
+        sys.argv += ["worker", "--without-web", "--loglevel", "info"]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

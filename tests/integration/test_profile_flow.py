@@ -1,0 +1,287 @@
+"""The real path: Track -> Kafka -> profile worker -> Redis -> GetProfile."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from cx.events.v1 import touchpoint_pb2 as ev
+from cx.profile.v1 import profile_pb2 as pb
+from google.protobuf.field_mask_pb2 import FieldMask
+from kafka import KafkaProducer
+
+from services.common.dead_letter import REASON_HEADER, SOURCE_OFFSET_HEADER
+from services.common.telemetry import header_value
+from services.profile.domain.fold import differences, fold
+from services.profile.domain.state import ProfileState
+from tests.integration.profile_harness import ProfileHarness
+
+EMAIL = pb.IDENTIFIER_TYPE_EMAIL
+CUSTOMER = pb.IDENTIFIER_TYPE_CUSTOMER_ID
+ANON = pb.IDENTIFIER_TYPE_ANONYMOUS_ID
+T0 = datetime.now(UTC) - timedelta(days=3)
+
+
+def event(minutes: float, **identities: str) -> ev.TouchpointEvent:
+    e = ev.TouchpointEvent(
+        event_id=f"flow-{uuid.uuid4()}",
+        identities=ev.Identities(**identities),
+        channel=ev.CHANNEL_WEB,
+        touchpoint="catalogue.product",
+        journey_stage=ev.JOURNEY_STAGE_CONSIDERATION,
+        source_system="tests",
+    )
+    e.occurred_at.FromDatetime(T0 + timedelta(minutes=minutes))
+    return e
+
+
+def page(minutes: float, **ids: str) -> ev.TouchpointEvent:
+    e = event(minutes, **ids)
+    e.page_view.page = "/p/1"
+    return e
+
+
+def order(minutes: float, amount: int, **ids: str) -> ev.TouchpointEvent:
+    e = event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_APP, "checkout.order"
+    e.journey_stage = ev.JOURNEY_STAGE_PURCHASE
+    e.order_placed.CopyFrom(
+        ev.OrderPlaced(
+            order_id=f"o-{uuid.uuid4()}", total=ev.Money(currency_code="EUR", units=amount)
+        )
+    )
+    return e
+
+
+def nps(minutes: float, score: int, **ids: str) -> ev.TouchpointEvent:
+    e = event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_EMAIL, "survey.nps"
+    e.journey_stage = ev.JOURNEY_STAGE_ADVOCACY
+    e.survey_response.CopyFrom(
+        ev.SurveyResponse(survey_id="nps-q4", metric=ev.SurveyResponse.METRIC_NPS, score=score)
+    )
+    return e
+
+
+def complaint(minutes: float, **ids: str) -> ev.TouchpointEvent:
+    e = event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_PHONE, "support.complaint"
+    e.journey_stage = ev.JOURNEY_STAGE_SUPPORT
+    e.complaint.CopyFrom(
+        ev.Complaint(
+            complaint_id=f"cmp-{uuid.uuid4()}",
+            status=ev.Complaint.STATUS_OPENED,
+            severity=ev.Complaint.SEVERITY_HIGH,
+            category="delivery",
+        )
+    )
+    return e
+
+
+def login(minutes: float, **ids: str) -> ev.TouchpointEvent:
+    e = event(minutes, **ids)
+    e.touchpoint = "account.login"
+    e.identify.method = ev.Identify.METHOD_LOGIN
+    e.identify.traits.update({"first_name": "Ada", "plan": "gold"})
+    return e
+
+
+def aggregates(state: ProfileState) -> ProfileState:
+    """Only what events determine: drops what identity resolution itself keeps."""
+    state.sums = {k: v for k, v in state.sums.items() if not k.startswith("ids.")}
+    state.minima.pop("created", None)
+    state.latest.pop("u.identity", None)
+    return state
+
+
+def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_changes(
+    profile_harness: ProfileHarness,
+) -> None:
+    h = profile_harness
+    tag = uuid.uuid4().hex[:6]
+    anon, customer, email = f"anon-{tag}", f"cust-{tag}", f"ada-{tag}@example.com"
+    # The person is known from a store visit before browsing anonymously; the login then
+    # merges two existing profiles.
+    store_visit = page(-60, email=email)
+    store_visit.channel = ev.CHANNEL_STORE
+    h.track([store_visit])
+    known = h.wait_for_profile(EMAIL, email, events=1)
+    journey = [
+        store_visit,
+        page(0, anonymous_id=anon),
+        page(1, anonymous_id=anon),
+        page(2, anonymous_id=anon),
+        login(3, anonymous_id=anon, customer_id=customer, email=email),
+        order(10, 120, customer_id=customer),
+        order(60, 80, customer_id=customer, email=email),
+        nps(120, 3, email=email),
+        complaint(130, customer_id=customer),
+    ]
+
+    # Events on different partition keys may be resolved in any order: the anonymous
+    # profile must exist before the login for the login to merge two profiles.
+    h.track(journey[1:4])
+    h.wait_for_profile(ANON, anon, events=3)
+    h.track(journey[4:])
+    profile = h.wait_for_profile(EMAIL, email, events=len(journey))
+    by_anon = h.profile(ANON, anon)
+    assert by_anon is not None
+    assert by_anon.profile_id == profile.profile_id == known.profile_id
+    assert {(i.identifier.type, i.identifier.value) for i in profile.identities} == {
+        (ANON, anon),
+        (CUSTOMER, customer),
+        (EMAIL, email),
+    }
+    assert profile.traits["first_name"] == "Ada"
+    assert profile.commerce.orders == 2
+    assert profile.commerce.revenue == pytest.approx(200)
+    assert profile.commerce.clv_historic == pytest.approx(200)
+    assert profile.commerce.average_order_value == pytest.approx(100)
+    assert profile.cx.nps_last == 3
+    assert profile.cx.nps_category == "detractor"
+    assert profile.cx.open_complaints == 1
+    assert profile.journey_stage == "support"
+    codes = [r.code for r in profile.churn_risk.reasons]
+    assert "nps_detractor" in codes
+    assert "open_complaints" in codes
+    assert {"detractors", "open_complaint"} <= set(profile.segments)
+    assert profile.cx.updated.event_id == journey[-1].event_id
+    assert profile.commerce.updated.event_id == journey[6].event_id
+
+    # The stored aggregates equal the reference fold of the same events.
+    assert (
+        differences(
+            aggregates(fold(journey, profile.profile_id)), aggregates(h.state(profile.profile_id))
+        )
+        == []
+    )
+
+    def changes() -> list[pb.ProfileChange] | None:
+        found = [
+            pb.ProfileChange.FromString(value)
+            for key, value, _ in h.records(h.kafka.profile_changes_topic)
+            if key == profile.profile_id.encode()
+        ]
+        kinds = {c.WhichOneof("change") for c in found}
+        seen_kinds.append(kinds)
+        wanted = {"merged", "detractor", "complaint", "segment", "journey_stage"}
+        return found if wanted <= kinds else None
+
+    seen_kinds: list[set[Any]] = []
+
+    published = h.wait_for(f"change events (seen: {seen_kinds[-1:]})", changes)
+    entered = {
+        c.segment.segment
+        for c in published
+        if c.WhichOneof("change") == "segment" and c.segment.entered
+    }
+    assert {"detractors", "open_complaint"} <= entered
+    (detractor,) = [c for c in published if c.WhichOneof("change") == "detractor"]
+    assert detractor.detractor.score == 3
+    assert detractor.detractor.event_id == journey[7].event_id
+    (merged,) = [c for c in published if c.WhichOneof("change") == "merged"]
+    assert merged.merged.event_id == journey[4].event_id
+
+    # Redelivery of the same events changes nothing. Markers on both partition keys come
+    # after the repeats, so once they are applied the repeats were processed too.
+    markers = [page(200, anonymous_id=anon), page(201, customer_id=customer)]
+    h.track(journey + markers)
+    after = h.wait_for_profile(EMAIL, email, events=len(journey) + 2)
+    assert after.commerce.orders == 2
+    assert after.cx.open_complaints == 1
+    assert (
+        differences(
+            aggregates(fold(journey + markers, profile.profile_id)),
+            aggregates(h.state(profile.profile_id)),
+        )
+        == []
+    )
+
+
+def test_poison_record_is_dead_lettered_and_the_stream_continues(
+    profile_harness: ProfileHarness,
+) -> None:
+    h = profile_harness
+    raw = KafkaProducer(bootstrap_servers=h.kafka.kafka_bootstrap_servers)
+    poison = raw.send(
+        h.kafka.touchpoints_topic, key=b"k", value=b"\x00not-protobuf", partition=0
+    ).get(timeout=10)
+    after = page(300, customer_id=f"after-poison-{uuid.uuid4().hex[:6]}")
+    raw.send(h.kafka.touchpoints_topic, key=b"k", value=after.SerializeToString(), partition=0)
+    raw.flush()
+    raw.close()
+
+    h.wait_for(
+        "the event after the poison record",
+        lambda: h.profile(CUSTOMER, after.identities.customer_id),
+    )
+    letters = [
+        headers
+        for _, value, headers in h.records(h.kafka.touchpoints_dlq_topic)
+        if value == b"\x00not-protobuf"
+    ]
+    assert len(letters) == 1
+    assert "not a protobuf TouchpointEvent" in (header_value(letters[0], REASON_HEADER) or "")
+    assert header_value(letters[0], SOURCE_OFFSET_HEADER) == str(poison.offset)
+
+
+def test_profile_reads_validate_and_page(profile_harness: ProfileHarness) -> None:
+    h = profile_harness
+    customer = f"reader-{uuid.uuid4().hex[:6]}"
+    events = [page(i, customer_id=customer) for i in range(7)] + [
+        order(8, 30, customer_id=customer)
+    ]
+    h.track(events)
+    profile = h.wait_for_profile(CUSTOMER, customer, events=8)
+    ident = pb.Identifier(type=CUSTOMER, value=customer)
+
+    masked = h.profiles.GetProfile(
+        pb.GetProfileRequest(
+            identifier=ident, read_mask=FieldMask(paths=["commerce.orders", "profile_id"])
+        )
+    )
+    assert masked.profile.commerce.orders == 1
+    assert masked.profile.profile_id == profile.profile_id
+    assert not masked.profile.identities
+    assert masked.profile.activity.events == 0
+
+    first = h.profiles.GetTimeline(pb.GetTimelineRequest(identifier=ident, page_size=3))
+    assert [e.event.event_id for e in first.entries] == [e.event_id for e in events[::-1][:3]]
+    second = h.profiles.GetTimeline(
+        pb.GetTimelineRequest(identifier=ident, page_size=3, page_token=first.next_page_token)
+    )
+    assert [e.event.event_id for e in second.entries] == [e.event_id for e in events[::-1][3:6]]
+    orders_only = h.profiles.GetTimeline(
+        pb.GetTimelineRequest(identifier=ident, event_types=["order_placed"])
+    )
+    assert [e.event.event_id for e in orders_only.entries] == [events[-1].event_id]
+    assert orders_only.next_page_token == ""
+
+    for request, field in (
+        (
+            pb.GetProfileRequest(identifier=pb.Identifier(type=EMAIL, value="nope")),
+            "identifier.value",
+        ),
+        (
+            pb.GetProfileRequest(identifier=ident, read_mask=FieldMask(paths=["nonsense"])),
+            "read_mask",
+        ),
+        (pb.GetProfileRequest(identifier=pb.Identifier(value="x")), "identifier.type"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            h.profiles.GetProfile(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (info.value.details() or "").startswith(field)
+    with pytest.raises(grpc.RpcError) as info:
+        h.profiles.GetTimeline(pb.GetTimelineRequest(identifier=ident, page_token="bad"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        h.profiles.GetProfile(
+            pb.GetProfileRequest(
+                identifier=pb.Identifier(type=CUSTOMER, value="nobody-" + customer)
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
