@@ -14,7 +14,7 @@ Keys (prefix `cx:` by default):
   seen:{event id}      applied event ids, expiring after the dedup window
   seg:{name}           sorted set of segment members by entry time
   erased:{hash}        salted hashes of erased identifiers, expiring after suppression
-  stats                counts of events not applied: suppressed (erased), blocked
+  stats                counts: events applied, and not applied: suppressed (erased), blocked
 """
 
 from __future__ import annotations

@@ -77,6 +77,12 @@ for i = 4, #ARGV, 2 do
   end
 end
 
+local applied = 0
+for _, status in ipairs(statuses) do
+  if status == 'applied' then applied = applied + 1 end
+end
+if applied > 0 then redis.call('HINCRBY', prefix .. 'stats', 'applied', applied) end
+
 local profiles = {}
 for _, pid in ipairs(order) do
   local main = pkey(pid)

@@ -1,0 +1,192 @@
+"""Identity management and privacy through the gRPC API, against the running pipeline."""
+
+from __future__ import annotations
+
+import uuid
+from typing import cast
+
+import grpc
+import pytest
+from cx.events.v1 import touchpoint_pb2 as ev
+from cx.profile.v1 import profile_pb2 as pb
+
+from services.profile.adapters.store import as_text
+from tests.integration.profile_harness import ProfileHarness
+from tests.integration.test_profile_flow import ANON, CUSTOMER, EMAIL, login, nps, order, page
+
+PHONE = pb.IDENTIFIER_TYPE_PHONE
+
+
+def ident(t: pb.IdentifierType.ValueType, value: str) -> pb.Identifier:
+    return pb.Identifier(type=t, value=value)
+
+
+def test_erase_removes_every_key_and_suppresses_recreation(profile_harness: ProfileHarness) -> None:
+    h = profile_harness
+    tag = uuid.uuid4().hex[:6]
+    customer, email, phone, anon = (
+        f"er-{tag}",
+        f"er-{tag}@example.com",
+        "+447700900123",
+        f"ea-{tag}",
+    )
+    h.track(
+        [
+            page(0, anonymous_id=anon),
+            login(1, anonymous_id=anon, customer_id=customer, email=email, phone=phone),
+            nps(2, 2, customer_id=customer),
+            order(3, 40, email=email),
+        ]
+    )
+    profile = h.wait_for_profile(EMAIL, email, events=4)
+    pid = profile.profile_id
+    assert "detractors" in profile.segments
+
+    exported = h.profiles.ExportProfile(pb.ExportProfileRequest(identifier=ident(PHONE, phone)))
+    assert exported.profile.profile_id == pid
+    assert len(exported.events) == 4
+
+    reply = h.profiles.EraseProfile(pb.EraseProfileRequest(identifier=ident(CUSTOMER, customer)))
+    assert reply.profile_id == pid
+    assert reply.identifiers_suppressed == 4
+    assert reply.keys_deleted > 0
+
+    secrets = [pid, customer, email, phone, anon]
+    for key in h.redis.scan_iter(match=f"{h.settings.key_prefix}*", count=1000):
+        name = as_text(key)
+        assert not any(s in name for s in secrets), name
+        kind = as_text(h.redis.type(key))
+        if kind == "hash":
+            content = " ".join(as_text(x) for kv in h.redis.hgetall(key).items() for x in kv)
+        elif kind == "zset":
+            content = " ".join(as_text(cast(bytes, m)) for m in h.redis.zrange(key, 0, -1))
+        elif kind == "string":
+            content = as_text(h.redis.get(key) or b"")
+        else:
+            content = ""
+        assert not any(s in content for s in secrets), name
+    for t, value in ((CUSTOMER, customer), (EMAIL, email), (PHONE, phone), (ANON, anon)):
+        assert h.profile(t, value) is None
+
+    suppressed = h.stat("suppressed")
+    h.track([page(10, email=email)])
+    h.wait_for("the event to be suppressed", lambda: h.stat("suppressed") > suppressed)
+    assert h.profile(EMAIL, email) is None
+
+
+def test_remove_identifier_splits_and_does_not_link_back(profile_harness: ProfileHarness) -> None:
+    h = profile_harness
+    tag = uuid.uuid4().hex[:6]
+    anon, customer = f"ra-{tag}", f"rc-{tag}"
+    h.track([page(i, anonymous_id=anon) for i in range(3)])
+    h.wait_for_profile(ANON, anon, events=3)
+    h.track(
+        [
+            login(5, anonymous_id=anon, customer_id=customer),
+            order(6, 50, customer_id=customer),
+            order(7, 70, customer_id=customer),
+        ]
+    )
+    merged = h.wait_for_profile(CUSTOMER, customer, events=6)
+
+    reply = h.profiles.RemoveIdentifier(pb.RemoveIdentifierRequest(identifier=ident(ANON, anon)))
+    assert reply.profile_id == merged.profile_id
+    split_off = h.profile(ANON, anon)
+    kept = h.profile(CUSTOMER, customer)
+    assert split_off is not None
+    assert kept is not None
+    assert split_off.profile_id == reply.new_profile_id
+    assert split_off.activity.events == 3
+    assert split_off.commerce.orders == 0
+    assert kept.activity.events == 3
+    assert kept.commerce.orders == 2
+    assert [i.identifier.value for i in kept.identities] == [customer]
+
+    # A later event carrying both does not merge them again: it goes to the customer.
+    h.track([login(9, anonymous_id=anon, customer_id=customer)])
+    h.wait_for_profile(CUSTOMER, customer, events=4)
+    again = h.profile(ANON, anon)
+    assert again is not None
+    assert again.profile_id == reply.new_profile_id
+
+    with pytest.raises(grpc.RpcError) as info:
+        h.profiles.RemoveIdentifier(pb.RemoveIdentifierRequest(identifier=ident(ANON, anon)))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_unmerge_restores_the_merged_profile(profile_harness: ProfileHarness) -> None:
+    h = profile_harness
+    tag = uuid.uuid4().hex[:6]
+    anon, email = f"ua-{tag}", f"u-{tag}@example.com"
+    h.track([page(0, email=email)])
+    known = h.wait_for_profile(EMAIL, email, events=1)
+    h.track([page(i, anonymous_id=anon) for i in range(1, 4)])
+    anonymous = h.wait_for_profile(ANON, anon, events=3)
+    h.track([login(5, anonymous_id=anon, email=email)])
+    h.wait_for_profile(EMAIL, email, events=5)
+
+    reply = h.profiles.UnmergeProfile(
+        pb.UnmergeProfileRequest(
+            profile_id=known.profile_id, merged_profile_id=anonymous.profile_id
+        )
+    )
+    assert reply.restored_profile_id == anonymous.profile_id
+    restored = h.profile(ANON, anon)
+    survivor = h.profile(EMAIL, email)
+    assert restored is not None
+    assert survivor is not None
+    assert restored.profile_id == anonymous.profile_id
+    assert restored.activity.events == 3
+    assert survivor.activity.events == 2
+
+    with pytest.raises(grpc.RpcError) as info:
+        h.profiles.UnmergeProfile(
+            pb.UnmergeProfileRequest(
+                profile_id=known.profile_id, merged_profile_id=anonymous.profile_id
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_consent_goes_through_the_stream_and_segments_list_members(
+    profile_harness: ProfileHarness,
+) -> None:
+    h = profile_harness
+    email = f"consent-{uuid.uuid4().hex[:6]}@example.com"
+    h.track([page(0, email=email)])
+    h.wait_for_profile(EMAIL, email, events=1)
+    reply = h.profiles.UpdateConsent(
+        pb.UpdateConsentRequest(
+            identifier=ident(EMAIL, email.upper()),
+            purpose=ev.ConsentChange.PURPOSE_MARKETING_EMAIL,
+            granted=True,
+            source_system="crm",
+        )
+    )
+    assert reply.event_id
+    profile = h.wait_for_profile(EMAIL, email, events=2)
+    (consent,) = profile.consents
+    assert consent.purpose == ev.ConsentChange.PURPOSE_MARKETING_EMAIL
+    assert consent.granted
+    assert consent.source_system == "crm"
+    assert consent.updated.event_id == reply.event_id
+    assert "marketing_email_opt_in" in profile.segments
+
+    def member() -> bool:
+        token, seen = "", list[str]()
+        while True:
+            page_ = h.profiles.ListSegmentMembers(
+                pb.ListSegmentMembersRequest(
+                    segment="marketing_email_opt_in", page_size=1, page_token=token
+                )
+            )
+            seen += page_.profile_ids
+            token = page_.next_page_token
+            if not token:
+                return profile.profile_id in seen
+
+    h.wait_for("segment membership", member)
+    with pytest.raises(grpc.RpcError) as info:
+        h.profiles.ListSegmentMembers(pb.ListSegmentMembersRequest(segment="nope"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("segment")
