@@ -14,7 +14,8 @@ Keys (prefix `cx:` by default):
   seen:{event id}      applied event ids, expiring after the dedup window
   seg:{name}           sorted set of segment members by entry time
   erased:{hash}        salted hashes of erased identifiers, expiring after suppression
-  stats                counts: events applied, and not applied: suppressed (erased), blocked
+  stats                counts: profiles_created, merges, applied events, and events not
+                       applied: suppressed (erased), blocked
 """
 
 from __future__ import annotations
@@ -95,8 +96,15 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pairs(flat: Sequence[bytes]) -> dict[str, str]:
+def _pairs(flat: Sequence[bytes | str] | dict[str, Any]) -> dict[str, str]:
+    # Lua's cjson encodes an empty array as {}.
+    if isinstance(flat, dict):
+        return {}
     return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _items(raw: Sequence[Any] | dict[str, Any]) -> Sequence[Any]:
+    return [] if isinstance(raw, dict) else raw
 
 
 @dataclass
@@ -114,11 +122,11 @@ class StoredProfile:
 
     @classmethod
     def from_reply(cls, raw: Sequence[Any]) -> StoredProfile:
-        contacts_flat = raw[6]
+        contacts_flat = _items(raw[6])
         return cls(
             profile_id=as_text(raw[0]),
             main=_pairs(raw[1]),
-            ids={as_text(m) for m in raw[2]},
+            ids={as_text(m) for m in _items(raw[2])},
             traits=_pairs(raw[3]),
             consent=_pairs(raw[4]),
             complaints=_pairs(raw[5]),
@@ -126,7 +134,7 @@ class StoredProfile:
                 as_text(contacts_flat[i]): float(contacts_flat[i + 1])
                 for i in range(0, len(contacts_flat), 2)
             },
-            outbox=[json.loads(item) for item in raw[7]],
+            outbox=[json.loads(item) for item in _items(raw[7])],
         )
 
     def state(self) -> ProfileState:
@@ -229,8 +237,8 @@ class ProfileStore:
             }
             args.append(json.dumps(head))
             args.append(item.event.SerializeToString())
-        statuses, profiles = await self._apply(args=args)
-        return [as_text(s) for s in statuses], [StoredProfile.from_reply(p) for p in profiles]
+        statuses, profiles = json.loads(await self._apply(args=args))
+        return list(statuses or []), [StoredProfile.from_reply(p) for p in profiles or []]
 
     async def publish(self, updates: Sequence[SnapshotUpdate]) -> None:
         if not updates:

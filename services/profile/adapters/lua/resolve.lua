@@ -154,6 +154,7 @@ for i, ev in ipairs(events) do
     if not pid then
       pid = 'p_' .. string.sub(redis.sha1hex(ev.e .. '|' .. ids[1][1] .. ':' .. ids[1][2]), 1, 20)
       redis.call('HSET', pkey(pid), 'mn:created', ev.t)
+      redis.call('HINCRBY', prefix .. 'stats', 'profiles_created', 1)
     end
     -- Candidates are ordered by the priority of the identifier that found them, so the
     -- survivor is the profile of the event's strongest identifier.
@@ -171,6 +172,7 @@ for i, ev in ipairs(events) do
       if not conflict and not too_many then
         merge(other, pid, ev)
         table.insert(merged, other)
+        redis.call('HINCRBY', prefix .. 'stats', 'merges', 1)
         survivor_customer = survivor_customer or other_customer
       end
     end
