@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bench import ingest
+from bench import ingest, profile
 
 
 def main() -> None:
     ingest.run()
+    profile.run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""Baseline for `bench/profile.py`: the straightforward Faust agent, awaiting Redis for
+each event: the same resolve and apply scripts, called for one event at a time, with no
+repartition topic, derivations or change events (less work per event than the worker).
+
+Run as a worker process: `python -m bench.profile_baseline` (environment as the real one).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+
+from services.common.dead_letter import InvalidRecord, decode_touchpoint
+from services.common.settings import kafka_settings, redis_settings
+from services.profile.adapters.store import ProfileStore, ToApply
+from services.profile.domain.effects import effects_of
+from services.profile.settings import Guardrails, ProfileSettings
+
+kafka = kafka_settings()
+settings = ProfileSettings()
+app = faust.App(
+    settings.consumer_group,
+    broker=f"kafka://{kafka.kafka_bootstrap_servers}",
+    store="memory://",
+    value_serializer="raw",
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=10,
+    broker_heartbeat_interval=3,
+    web_enabled=False,
+)
+touchpoints = app.topic(kafka.touchpoints_topic, value_type=bytes)
+store = ProfileStore(
+    aioredis.Redis.from_url(redis_settings().redis_url),
+    settings,
+    Guardrails.load(settings.identity_file),
+)
+
+
+@app.agent(touchpoints)
+async def apply_each(stream: Any) -> None:
+    async for value in stream:
+        try:
+            event = decode_touchpoint(value)
+        except InvalidRecord:
+            continue
+        (resolved,) = await store.resolve([event])
+        if resolved.profile_id is not None:
+            await store.apply([ToApply(resolved.profile_id, event, effects_of(event))])
+
+
+if __name__ == "__main__":
+    sys.argv += ["worker", "--without-web", "--loglevel", "warn"]
+    app.main()
