@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,8 +122,8 @@ class ProfilePipeline:
         statuses, profiles = await self.store.apply(
             [ToApply(pid, event, effects_of(event)) for pid, event in items]
         )
-        for status in statuses:
-            APPLIED.labels(status).inc()
+        for status, count in collections.Counter(statuses).items():
+            APPLIED.labels(status).inc(count)
         now = self.now_ms()
         changes: list[pb.ProfileChange] = []
         updates: list[SnapshotUpdate] = []
@@ -143,8 +144,6 @@ class ProfilePipeline:
             if result.snapshot == state.snapshot and not stored.outbox:
                 continue
             changes.extend(result.changes)
-            for change in result.changes:
-                CHANGES.labels(change.WhichOneof("change") or "unknown").inc()
             updates.append(
                 SnapshotUpdate(
                     stored.profile_id,
@@ -155,4 +154,7 @@ class ProfilePipeline:
                     now,
                 )
             )
+        kinds = collections.Counter(c.WhichOneof("change") or "unknown" for c in changes)
+        for kind, count in kinds.items():
+            CHANGES.labels(kind).inc(count)
         return ApplyOutcome(statuses, changes, updates)

@@ -388,7 +388,7 @@ def _as_redis(state: ProfileState) -> dict[str, Any]:
     main.update({f"mn:{k}": f"{v:.17g}" for k, v in state.minima.items()})
     main.update({f"mx:{k}": f"{v:.17g}" for k, v in state.maxima.items()})
     for k, item in state.latest.items():
-        main[f"l:{k}"], main[f"lt:{k}"] = item.value, str(item.ts_ms)
+        main[f"l:{k}"] = f"{item.ts_ms}|{item.value}"
 
     def packed(sub: dict[str, Latest]) -> dict[str, str]:
         return {k: f"{item.ts_ms}|{item.value}" for k, item in sub.items()}

@@ -158,9 +158,7 @@ class SplitConflict(Exception):
 # Fields a rebuild keeps from the stored profile: they are not derived from its events.
 def _kept(main: dict[str, str]) -> dict[str, str]:
     return {
-        k: v
-        for k, v in main.items()
-        if k.startswith("s:") or k in ("mn:created", "l:u.identity", "lt:u.identity")
+        k: v for k, v in main.items() if k.startswith("s:") or k in ("mn:created", "l:u.identity")
     }
 
 

@@ -267,9 +267,7 @@ def state_to_redis(state: ProfileState) -> dict[str, Any]:
     main.update({f"c:{k}": _number(v) for k, v in state.sums.items()})
     main.update({f"mn:{k}": _number(v) for k, v in state.minima.items()})
     main.update({f"mx:{k}": _number(v) for k, v in state.maxima.items()})
-    for name, item in state.latest.items():
-        main[f"l:{name}"] = item.value
-        main[f"lt:{name}"] = str(item.ts_ms)
+    main.update({f"l:{name}": f"{item.ts_ms}|{item.value}" for name, item in state.latest.items()})
 
     def packed(items: dict[str, Any]) -> dict[str, str]:
         return {k: f"{v.ts_ms}|{v.value}" for k, v in items.items()}

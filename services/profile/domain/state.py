@@ -4,7 +4,7 @@ The Redis layout is generic so that applying and merging need no per-metric code
 
 - main hash `cx:p:{id}`, fields named by how they combine:
   `c:<name>` sums (counters, money), `mn:<name>` minimum, `mx:<name>` maximum,
-  `l:<name>` + `lt:<name>` latest value by event time, `s:<name>` the derived snapshot
+  `l:<name>` = `<ts_ms>|<value>` latest value by event time, `s:<name>` the derived snapshot
   last published as change events;
 - sub-hashes (traits, consent, complaints) whose values are `<ts_ms>|<value>`, latest wins;
 - sorted sets (support contacts, the event archive) scored by event time.
@@ -96,7 +96,8 @@ class ProfileState:
             elif kind == "mx":
                 state.maxima[name] = float(value)
             elif kind == "l":
-                state.latest[name] = Latest(value, int(float(main.get(f"lt:{name}", "0"))))
+                ts, _, latest = value.partition("|")
+                state.latest[name] = Latest(latest, int(ts))
             elif kind == "s":
                 state.snapshot[name] = value
         state.identities = {tuple(i.split(":", 1)) for i in identities}  # type: ignore[misc]

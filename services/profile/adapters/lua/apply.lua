@@ -22,6 +22,13 @@ local function newer(ts, v, cur_ts, cur_v)
   return ts > cur_ts or (ts == cur_ts and v > (cur_v or ''))
 end
 local function fmt(x) return string.format('%.17g', x) end
+-- Latest-value fields hold "<ts>|<value>"; the newer event (then the greater value) wins.
+local function set_latest(key, field, ts, value)
+  local cur = redis.call('HGET', key, field)
+  local cur_ts, cur_val = nil, nil
+  if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
+  if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
+end
 
 local statuses, touched, order = {}, {}, {}
 for i = 4, #ARGV, 2 do
@@ -48,16 +55,9 @@ for i = 4, #ARGV, 2 do
           redis.call('HSET', main, field, fmt(op[3]))
         end
       elseif kind == 'l' then
-        local name, value = op[2], op[3]
-        if newer(ts, value, redis.call('HGET', main, 'lt:' .. name), redis.call('HGET', main, 'l:' .. name)) then
-          redis.call('HSET', main, 'l:' .. name, value, 'lt:' .. name, ts)
-        end
+        set_latest(main, 'l:' .. op[2], ts, op[3])
       elseif kind == 'h' then
-        local key, field, value = main .. ':' .. op[2], op[3], op[4]
-        local cur = redis.call('HGET', key, field)
-        local cur_ts, cur_val = nil, nil
-        if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
-        if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
+        set_latest(main .. ':' .. op[2], op[3], ts, op[4])
       elseif kind == 'z' then
         redis.call('ZADD', main .. ':' .. op[2], 'GT', ts, op[3])
       end
@@ -66,9 +66,6 @@ for i = 4, #ARGV, 2 do
       redis.call('RPUSH', main .. ':outbox', signal)
     end
     redis.call('ZADD', main .. ':events', ts, ARGV[i + 1])
-    if redis.call('ZCARD', main .. ':events') > keep then
-      redis.call('ZREMRANGEBYRANK', main .. ':events', 0, -(keep + 1))
-    end
   end
   table.insert(statuses, status)
   if status ~= 'gone' and not touched[pid] then
@@ -87,6 +84,10 @@ if applied > 0 then redis.call('HINCRBY', prefix .. 'stats', 'applied', applied)
 local profiles = {}
 for _, pid in ipairs(order) do
   local main = pkey(pid)
+  -- The archive is trimmed once per profile and batch, keeping the newest events.
+  if redis.call('ZCARD', main .. ':events') > keep then
+    redis.call('ZREMRANGEBYRANK', main .. ':events', 0, -(keep + 1))
+  end
   table.insert(profiles, {
     pid,
     redis.call('HGETALL', main),

@@ -30,6 +30,17 @@ end
 
 local function fmt(x) return string.format('%.17g', x) end
 
+local function unpack_latest(packed)
+  if not packed then return nil, nil end
+  return string.match(packed, '^([^|]*)|(.*)$')
+end
+
+-- Latest-value fields hold "<ts>|<value>"; the newer event (then the greater value) wins.
+local function set_latest(key, field, ts, value)
+  local cur_ts, cur_val = unpack_latest(redis.call('HGET', key, field))
+  if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
+end
+
 local function customer_id_of(pid)
   local members = redis.call('SMEMBERS', pkey(pid) .. ':ids')
   for _, m in ipairs(members) do
@@ -48,20 +59,14 @@ local function link(pid, t, v, ev)
     redis.call('HINCRBY', pkey(pid), 'c:ids.' .. t, 1)
   end
   local main = pkey(pid)
-  if newer(ev.t, ev.e, redis.call('HGET', main, 'lt:u.identity'), redis.call('HGET', main, 'l:u.identity')) then
-    redis.call('HSET', main, 'l:u.identity', ev.e, 'lt:u.identity', ev.t)
-  end
+  set_latest(main, 'l:u.identity', ev.t, ev.e)
 end
 
 local function merge_latest_hash(from, to)
   local flat = redis.call('HGETALL', from)
   for i = 1, #flat, 2 do
-    local field, packed = flat[i], flat[i + 1]
-    local ts, val = string.match(packed, '^([^|]*)|(.*)$')
-    local cur = redis.call('HGET', to, field)
-    local cur_ts, cur_val = nil, nil
-    if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
-    if newer(ts, val, cur_ts, cur_val) then redis.call('HSET', to, field, packed) end
+    local ts, val = unpack_latest(flat[i + 1])
+    set_latest(to, flat[i], ts, val)
   end
 end
 
@@ -82,10 +87,8 @@ local function merge(loser, survivor, ev)
         redis.call('HSET', to, field, value)
       end
     elseif kind == 'l' then
-      local ts = fields['lt:' .. name]
-      if newer(ts, value, redis.call('HGET', to, 'lt:' .. name), redis.call('HGET', to, field)) then
-        redis.call('HSET', to, field, value, 'lt:' .. name, ts)
-      end
+      local ts, val = unpack_latest(value)
+      set_latest(to, field, ts, val)
     elseif kind == 's' and name == 'segments' then
       for seg in string.gmatch(value, '[^,]+') do
         redis.call('ZREM', prefix .. 'seg:' .. seg, loser)
