@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 from kafka.admin import KafkaAdminClient
+from kafka.errors import UnknownTopicOrPartitionError
 
 from services.common.kafka_admin import ensure_topics
 from services.common.settings import KafkaSettings
@@ -50,6 +51,7 @@ class IsolatedPipeline:
         }
         ensure_topics(base.kafka_bootstrap_servers, platform_topics(self.kafka))
         self.worker: subprocess.Popen[bytes] | None = None
+        self._cleaned = False
 
     def start_worker(self, module: str = "services.profile.worker") -> None:
         with self.log_path.open("ab") as log:
@@ -75,6 +77,10 @@ class IsolatedPipeline:
         return int(as_text(value)) if value else 0
 
     def cleanup(self) -> None:
+        """Stops the worker and deletes the pipeline's keys and topics (once)."""
+        if self._cleaned:
+            return
+        self._cleaned = True
         self.kill_worker(signal.SIGTERM)
         keys = list(self.redis.scan_iter(match=f"{self.settings.key_prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
@@ -82,6 +88,8 @@ class IsolatedPipeline:
         admin = KafkaAdminClient(bootstrap_servers=self.kafka.kafka_bootstrap_servers)
         try:
             admin.delete_topics([s.name for s in platform_topics(self.kafka)])
+        except UnknownTopicOrPartitionError:
+            pass  # already gone
         finally:
             admin.close()
         self.redis.close()
