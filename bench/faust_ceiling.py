@@ -7,28 +7,14 @@ Run as a worker process: `python -m bench.faust_ceiling` (environment as the rea
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import faust
 import redis.asyncio as aioredis
 
-from services.common.settings import kafka_settings, redis_settings
-from services.profile.settings import ProfileSettings
+from bench.faust_apps import comparison_app, run_worker, settings
+from services.common.settings import redis_settings
 
-kafka = kafka_settings()
-settings = ProfileSettings()
-app = faust.App(
-    settings.consumer_group,
-    broker=f"kafka://{kafka.kafka_bootstrap_servers}",
-    store="memory://",
-    value_serializer="raw",
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=10,
-    broker_heartbeat_interval=3,
-    web_enabled=False,
-)
-touchpoints = app.topic(kafka.touchpoints_topic, value_type=bytes)
+app, touchpoints = comparison_app()
 client = aioredis.Redis.from_url(redis_settings().redis_url)
 
 
@@ -39,5 +25,4 @@ async def count(stream: Any) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv += ["worker", "--without-web", "--loglevel", "warn"]
-    app.main()
+    run_worker(app)

@@ -7,31 +7,18 @@ Run as a worker process: `python -m bench.profile_baseline` (environment as the 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import faust
 import redis.asyncio as aioredis
 
+from bench.faust_apps import comparison_app, run_worker, settings
 from services.common.dead_letter import InvalidRecord, decode_touchpoint
-from services.common.settings import kafka_settings, redis_settings
+from services.common.settings import redis_settings
 from services.profile.adapters.store import ProfileStore, ToApply
 from services.profile.domain.effects import effects_of
-from services.profile.settings import Guardrails, ProfileSettings
+from services.profile.settings import Guardrails
 
-kafka = kafka_settings()
-settings = ProfileSettings()
-app = faust.App(
-    settings.consumer_group,
-    broker=f"kafka://{kafka.kafka_bootstrap_servers}",
-    store="memory://",
-    value_serializer="raw",
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=10,
-    broker_heartbeat_interval=3,
-    web_enabled=False,
-)
-touchpoints = app.topic(kafka.touchpoints_topic, value_type=bytes)
+app, touchpoints = comparison_app()
 store = ProfileStore(
     aioredis.Redis.from_url(redis_settings().redis_url),
     settings,
@@ -52,5 +39,4 @@ async def apply_each(stream: Any) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv += ["worker", "--without-web", "--loglevel", "warn"]
-    app.main()
+    run_worker(app)

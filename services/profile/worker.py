@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import faust
@@ -185,27 +185,22 @@ async def apply_batch(events: Sequence[Any]) -> None:
         await retrying("publish", lambda: p.store.publish(outcome.updates))
 
 
-async def _batches(stream: Any) -> AsyncIterator[Sequence[Any]]:
+async def _each_batch(stream: Any, handle: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        yield events
+        try:
+            await handle(events)
+        except Exception as exc:
+            _fatal(exc)
 
 
 @app.agent(touchpoints)
 async def resolve_identities(stream: Any) -> None:
-    async for events in _batches(stream):
-        try:
-            await resolve_batch(events)
-        except Exception as exc:
-            _fatal(exc)
+    await _each_batch(stream, resolve_batch)
 
 
 @app.agent(profile_events)
 async def apply_events(stream: Any) -> None:
-    async for events in _batches(stream):
-        try:
-            await apply_batch(events)
-        except Exception as exc:
-            _fatal(exc)
+    await _each_batch(stream, apply_batch)
 
 
 def main() -> None:

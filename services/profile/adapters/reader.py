@@ -13,11 +13,11 @@ import redis
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.profile.adapters.store import (
-    LUA_DIR,
     Keys,
     StoredProfile,
     as_text,
     identifiers_of,
+    lua_script,
     state_to_redis,
 )
 from services.profile.domain.effects import timestamp_ms
@@ -174,7 +174,7 @@ class ProfileSplitter:
 
     def __init__(self, reader: ProfileReader) -> None:
         self.reader = reader
-        self._split = reader.client.register_script((LUA_DIR / "split.lua").read_text())
+        self._split = reader.client.register_script(lua_script("split.lua"))
 
     def split(self, pid: str, moving: set[str], target: str, record: str = "") -> str:
         for _ in range(5):

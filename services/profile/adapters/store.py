@@ -47,6 +47,11 @@ SUBKEYS = (
 )
 
 
+def lua_script(name: str) -> str:
+    """A script with the shared prelude (key helpers, latest-value rule) in front."""
+    return (LUA_DIR / "prelude.lua").read_text() + "\n" + (LUA_DIR / name).read_text()
+
+
 def identifiers_of(event: ev.TouchpointEvent) -> list[tuple[str, str]]:
     ids = event.identities
     pairs = [("c", ids.customer_id), ("e", ids.email), ("p", ids.phone), ("a", ids.anonymous_id)]
@@ -170,9 +175,9 @@ class ProfileStore:
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._resolve = client.register_script((LUA_DIR / "resolve.lua").read_text())
-        self._apply = client.register_script((LUA_DIR / "apply.lua").read_text())
-        self._publish = client.register_script((LUA_DIR / "publish.lua").read_text())
+        self._resolve = client.register_script(lua_script("resolve.lua"))
+        self._apply = client.register_script(lua_script("apply.lua"))
+        self._publish = client.register_script(lua_script("publish.lua"))
         self._config = ""
         self._guardrails = guardrails
 

@@ -5,30 +5,7 @@
 -- An event id already applied within the window changes nothing (idempotent).
 -- Returns {statuses, profiles}: a status per event (applied, duplicate, gone) and, per
 -- touched profile, its stored structures for derivations and change events.
-local prefix, window, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-
-local function pkey(pid) return prefix .. 'p:' .. pid end
-local function follow(pid)
-  for _ = 1, 16 do
-    local next_pid = redis.call('HGET', prefix .. 'alias', pid)
-    if not next_pid then return pid end
-    pid = next_pid
-  end
-  return pid
-end
-local function newer(ts, v, cur_ts, cur_v)
-  if not cur_ts then return true end
-  ts, cur_ts = tonumber(ts), tonumber(cur_ts)
-  return ts > cur_ts or (ts == cur_ts and v > (cur_v or ''))
-end
-local function fmt(x) return string.format('%.17g', x) end
--- Latest-value fields hold "<ts>|<value>"; the newer event (then the greater value) wins.
-local function set_latest(key, field, ts, value)
-  local cur = redis.call('HGET', key, field)
-  local cur_ts, cur_val = nil, nil
-  if cur then cur_ts, cur_val = string.match(cur, '^([^|]*)|(.*)$') end
-  if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
-end
+local window, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local statuses, touched, order = {}, {}, {}
 for i = 4, #ARGV, 2 do

@@ -2,7 +2,6 @@
 -- ARGV[1]: key prefix; ARGV[2]: JSON list of {p = profile id, s = {snapshot fields},
 -- in = {segments entered}, out = {segments left}, done = outbox entries published,
 -- t = ts ms}. Profiles merged or erased meanwhile are skipped, so nothing is recreated.
-local prefix = ARGV[1]
 for _, u in ipairs(cjson.decode(ARGV[2])) do
   local main = prefix .. 'p:' .. u.p
   if redis.call('EXISTS', main .. ':ids') == 1 then

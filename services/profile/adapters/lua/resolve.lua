@@ -5,42 +5,11 @@
 --          a (anonymous).
 -- Returns JSON: per event {p = profile id} or {x = reason}; merges as {m = {losers}}.
 -- Layout: see services/profile/adapters/store.py.
-local prefix = ARGV[1]
 local config = cjson.decode(ARGV[2])
 local events = cjson.decode(ARGV[3])
 local PRIORITY = {c = 1, e = 2, p = 3, a = 4}
 
 local function id_key(t, v) return prefix .. 'id:' .. t .. ':' .. v end
-local function pkey(pid) return prefix .. 'p:' .. pid end
-
-local function follow(pid)
-  for _ = 1, 16 do
-    local next_pid = redis.call('HGET', prefix .. 'alias', pid)
-    if not next_pid then return pid end
-    pid = next_pid
-  end
-  return pid
-end
-
-local function newer(ts, v, cur_ts, cur_v)
-  if not cur_ts then return true end
-  ts, cur_ts = tonumber(ts), tonumber(cur_ts)
-  return ts > cur_ts or (ts == cur_ts and v > (cur_v or ''))
-end
-
-local function fmt(x) return string.format('%.17g', x) end
-
-local function unpack_latest(packed)
-  if not packed then return nil, nil end
-  return string.match(packed, '^([^|]*)|(.*)$')
-end
-
--- Latest-value fields hold "<ts>|<value>"; the newer event (then the greater value) wins.
-local function set_latest(key, field, ts, value)
-  local cur_ts, cur_val = unpack_latest(redis.call('HGET', key, field))
-  if newer(ts, value, cur_ts, cur_val) then redis.call('HSET', key, field, ts .. '|' .. value) end
-end
-
 local function customer_id_of(pid)
   local members = redis.call('SMEMBERS', pkey(pid) .. ':ids')
   for _, m in ipairs(members) do

@@ -5,9 +5,8 @@
 --          to drop or ""}, side = {main = {}, traits = {}, consent = {}, complaints = {},
 --          contacts = {{member, score}, ...}}; ARGV[6..]: event bytes moving to the target.
 -- Returns 'ok', or 'conflict' when the source changed since it was read.
-local prefix, source, target, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local source, target, expected = ARGV[2], ARGV[3], ARGV[4]
 local plan = cjson.decode(ARGV[5])
-local function pkey(pid) return prefix .. 'p:' .. pid end
 
 if redis.call('EXISTS', pkey(source) .. ':ids') == 0 then return 'gone' end
 if (redis.call('HGET', pkey(source), 'c:events') or '') ~= expected then return 'conflict' end
