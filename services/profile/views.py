@@ -74,6 +74,7 @@ def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: in
     activity.events = a.events
     activity.events_by_channel.update({k: n for k, n in a.events_by_channel.items() if n})
     activity.events_by_type.update({k: n for k, n in a.events_by_type.items() if n})
+    activity.events_by_touchpoint.update(state.touchpoints)
     activity.last_channel = a.last_channel or ""
 
     c = d.commerce

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.profile.adapters.store import state_to_redis
 from services.profile.domain.effects import Effects, effects_of
 from services.profile.domain.fold import Folder, apply_effects, differences, fold, member_of
 from services.profile.domain.state import Contact, Latest, ProfileState
@@ -381,32 +382,19 @@ def test_differences_reports_what_differs_and_tolerates_float_noise() -> None:
     assert any(d.startswith("contacts:") for d in found)
 
 
-def _as_redis(state: ProfileState) -> dict[str, Any]:
-    """The Redis structures the apply script would hold for this state (its encodings)."""
-    main: dict[str, str] = {}
-    main.update({f"c:{k}": f"{v:.17g}" for k, v in state.sums.items()})
-    main.update({f"mn:{k}": f"{v:.17g}" for k, v in state.minima.items()})
-    main.update({f"mx:{k}": f"{v:.17g}" for k, v in state.maxima.items()})
-    for k, item in state.latest.items():
-        main[f"l:{k}"] = f"{item.ts_ms}|{item.value}"
-
-    def packed(sub: dict[str, Latest]) -> dict[str, str]:
-        return {k: f"{item.ts_ms}|{item.value}" for k, item in sub.items()}
-
-    return {
-        "main": main,
-        "identities": {f"{t}:{v}" for t, v in state.identities},
-        "traits": packed(state.traits),
-        "consent": packed(state.consent),
-        "complaints": packed(state.complaints),
-        "contacts": {member_of(c): float(c.ts_ms) for c in state.contacts},
-    }
-
-
 def test_folded_state_round_trips_through_the_redis_encoding() -> None:
     reference = fold(journey(), profile_id="p-1")
-    raw = _as_redis(reference)
-    parsed = ProfileState.from_redis("p-1", raw.pop("main"), **raw)
+    raw = state_to_redis(reference)
+    parsed = ProfileState.from_redis(
+        "p-1",
+        raw["main"],
+        identities={f"{t}:{v}" for t, v in reference.identities},
+        traits=raw["traits"],
+        consent=raw["consent"],
+        complaints=raw["complaints"],
+        contacts={member: float(score) for member, score in raw["contacts"]},
+        touchpoints=raw["touchpoints"],
+    )
     assert differences(reference, parsed) == []
     assert parsed.contacts == reference.contacts
 

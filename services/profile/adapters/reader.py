@@ -71,7 +71,8 @@ class ProfileReader:
         for sub in ("traits", "consent", "complaints"):
             pipe.hgetall(self.keys.profile(pid, sub))
         pipe.zrange(self.keys.profile(pid, "contacts"), 0, -1, withscores=True)
-        main, ids, traits, consent, complaints, contacts = pipe.execute()
+        pipe.hgetall(self.keys.profile(pid, "touchpoints"))
+        main, ids, traits, consent, complaints, contacts, touchpoints = pipe.execute()
         if not ids:
             return None
         idents = sorted(as_text(m) for m in ids)
@@ -103,6 +104,7 @@ class ProfileReader:
             text_map(consent),
             text_map(complaints),
             {as_text(m): float(s) for m, s in contacts},
+            touchpoints=text_map(touchpoints),
         )
         return LoadedProfile(stored, lineage)
 

@@ -5,6 +5,7 @@ Keys (prefix `cx:` by default):
   p:{id}:ids           set of "t:value" identifiers (t: c customer, e email, p phone, a anon)
   p:{id}:traits|consent|complaints   hashes of "<ts_ms>|<value>", latest wins
   p:{id}:contacts      sorted set of support contacts by time
+  p:{id}:touchpoints   hash: events per touchpoint
   p:{id}:events        sorted set of the profile's stored events (protobuf) by time
   p:{id}:outbox        list of signals not yet published as change events
   p:{id}:merges        list of merges into this profile (for UnmergeProfile)
@@ -40,6 +41,7 @@ SUBKEYS = (
     "consent",
     "complaints",
     "contacts",
+    "touchpoints",
     "events",
     "outbox",
     "merges",
@@ -124,6 +126,7 @@ class StoredProfile:
     complaints: dict[str, str]
     contacts: dict[str, float]
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    touchpoints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_reply(cls, raw: Sequence[Any]) -> StoredProfile:
@@ -151,6 +154,7 @@ class StoredProfile:
             consent=self.consent,
             complaints=self.complaints,
             contacts=self.contacts,
+            touchpoints=self.touchpoints,
         )
 
 
@@ -282,6 +286,7 @@ def state_to_redis(state: ProfileState) -> dict[str, Any]:
         "traits": packed(state.traits),
         "consent": packed(state.consent),
         "complaints": packed(state.complaints),
+        "touchpoints": {k: str(v) for k, v in state.touchpoints.items()},
         "contacts": [
             [f"{c.contact_id}|{c.reason}|{int(c.resolved)}", c.ts_ms] for c in state.contacts
         ],

@@ -51,6 +51,9 @@ class Effects:
     def latest_in(self, sub: str, key: str, value: str) -> None:
         self.ops.append(["h", sub, key, value])
 
+    def count_in(self, sub: str, key: str, amount: int = 1) -> None:
+        self.ops.append(["hc", sub, key, amount])
+
     def member(self, sub: str, member: str) -> None:
         self.ops.append(["z", sub, member])
 
@@ -83,6 +86,8 @@ def effects_of(event: ev.TouchpointEvent) -> Effects:
     fx.add("events")
     fx.add(f"ch.{CHANNEL_NAMES.get(event.channel, 'other')}")
     fx.add(f"type.{kind}")
+    # Touchpoints are many and open-ended: counted in their own hash, not the profile's.
+    fx.count_in("touchpoints", event.touchpoint)
     fx.minimum("first_seen", ts)
     fx.maximum("last_seen", ts)
     fx.latest("stage", STAGE_NAMES.get(event.journey_stage, "unspecified"))

@@ -10,6 +10,7 @@ events here and compare with what Redis stored (`differences`). The op semantics
   one, or equal with a greater value (string order), so any order of events agrees;
 - `["h", sub, key, value]`: the same rule inside the sub-map `sub` (traits, consent,
   complaints);
+- `["hc", "touchpoints", key, n]`: a counter in the touchpoint hash;
 - `["z", "contacts", member]`: a contact scored by ts; the same member again keeps the
   greatest ts (ZADD GT).
 
@@ -88,6 +89,10 @@ def apply_effects(state: ProfileState, effects: Effects, ts_ms: int) -> None:
             target: dict[str, Latest] = getattr(state, sub)
             if _newer(ts_ms, value, target.get(key)):
                 target[key] = Latest(value, ts_ms)
+        elif kind == "hc":
+            if op[1] != "touchpoints":
+                raise ValueError(f"unknown counter hash {op[1]!r} in op {op!r}")
+            state.touchpoints[op[2]] = state.touchpoints.get(op[2], 0) + int(op[3])
         elif kind == "z":
             if op[1] not in SORTED_SETS:
                 raise ValueError(f"unknown sorted set {op[1]!r} in op {op!r}")
@@ -142,6 +147,8 @@ def differences(
             f"identities: missing {sorted(expected.identities - actual.identities)}, "
             f"unexpected {sorted(actual.identities - expected.identities)}"
         )
+    if expected.touchpoints != actual.touchpoints:
+        out.append(f"touchpoints: expected {expected.touchpoints}, got {actual.touchpoints}")
     if sorted(expected.contacts, key=member_of) != sorted(actual.contacts, key=member_of):
         out.append(f"contacts: expected {expected.contacts}, got {actual.contacts}")
     return out

@@ -7,7 +7,8 @@ The Redis layout is generic so that applying and merging need no per-metric code
   `l:<name>` = `<ts_ms>|<value>` latest value by event time, `s:<name>` the derived snapshot
   last published as change events;
 - sub-hashes (traits, consent, complaints) whose values are `<ts_ms>|<value>`, latest wins;
-- sorted sets (support contacts, the event archive) scored by event time.
+- sorted sets (support contacts, the event archive) scored by event time;
+- a counter hash of events per touchpoint (summed on merge).
 
 Time-decayed averages are kept as two sums, `c:<m>.sw` (sum of weights) and `c:<m>.swx`
 (sum of weight x value), with weight = 2^((t - DECAY_EPOCH) / half-life): the average
@@ -59,6 +60,7 @@ class ProfileState:
     consent: dict[str, Latest] = field(default_factory=dict)
     complaints: dict[str, Latest] = field(default_factory=dict)
     contacts: list[Contact] = field(default_factory=list)
+    touchpoints: dict[str, int] = field(default_factory=dict)
 
     def sum(self, name: str) -> float:
         return self.sums.get(name, 0.0)
@@ -85,6 +87,7 @@ class ProfileState:
         consent: Mapping[str, str] | None = None,
         complaints: Mapping[str, str] | None = None,
         contacts: Mapping[str, float] | None = None,
+        touchpoints: Mapping[str, str] | None = None,
     ) -> ProfileState:
         state = cls(profile_id)
         for key, value in main.items():
@@ -104,6 +107,7 @@ class ProfileState:
         state.traits = _latest_map(traits)
         state.consent = _latest_map(consent)
         state.complaints = _latest_map(complaints)
+        state.touchpoints = {k: int(v) for k, v in (touchpoints or {}).items()}
         state.contacts = sorted(
             (_contact(member, score) for member, score in (contacts or {}).items()),
             key=lambda c: c.ts_ms,

@@ -35,6 +35,8 @@ for i = 4, #ARGV, 2 do
         set_latest(main, 'l:' .. op[2], ts, op[3])
       elseif kind == 'h' then
         set_latest(main .. ':' .. op[2], op[3], ts, op[4])
+      elseif kind == 'hc' then
+        redis.call('HINCRBY', main .. ':' .. op[2], op[3], op[4])
       elseif kind == 'z' then
         redis.call('ZADD', main .. ':' .. op[2], 'GT', ts, op[3])
       end

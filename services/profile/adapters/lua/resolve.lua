@@ -67,6 +67,8 @@ local function merge(loser, survivor, ev)
   for _, sub in ipairs({'traits', 'consent', 'complaints'}) do
     merge_latest_hash(from .. ':' .. sub, to .. ':' .. sub)
   end
+  local counts = redis.call('HGETALL', from .. ':touchpoints')
+  for i = 1, #counts, 2 do redis.call('HINCRBY', to .. ':touchpoints', counts[i], counts[i + 1]) end
   for _, sub in ipairs({'contacts', 'events'}) do
     redis.call('ZUNIONSTORE', to .. ':' .. sub, 2, to .. ':' .. sub, from .. ':' .. sub,
       'AGGREGATE', 'MAX')
@@ -87,7 +89,7 @@ local function merge(loser, survivor, ev)
   redis.call('HSET', prefix .. 'alias', loser, survivor)
   redis.call('DEL', from, from .. ':ids', from .. ':traits', from .. ':consent',
     from .. ':complaints', from .. ':contacts', from .. ':events', from .. ':outbox',
-    from .. ':merges', from .. ':apart')
+    from .. ':merges', from .. ':apart', from .. ':touchpoints')
 end
 
 local function suppressed(t, v)

@@ -15,11 +15,12 @@ if redis.call('EXISTS', pkey(target) .. ':ids') == 1 then return 'exists' end
 local function write(pid, side)
   local main = pkey(pid)
   redis.call('DEL', main, main .. ':traits', main .. ':consent', main .. ':complaints',
-    main .. ':contacts')
+    main .. ':contacts', main .. ':touchpoints')
   for field, value in pairs(side.main) do redis.call('HSET', main, field, value) end
   for _, sub in ipairs({'traits', 'consent', 'complaints'}) do
     for field, value in pairs(side[sub]) do redis.call('HSET', main .. ':' .. sub, field, value) end
   end
+  for field, n in pairs(side.touchpoints) do redis.call('HSET', main .. ':touchpoints', field, n) end
   for _, pair in ipairs(side.contacts) do
     redis.call('ZADD', main .. ':contacts', pair[2], pair[1])
   end

@@ -201,6 +201,26 @@ class Activity(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EventsByTouchpointEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     UPDATED_FIELD_NUMBER: _builtins.int
     FIRST_SEEN_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
@@ -208,6 +228,7 @@ class Activity(_message.Message):
     EVENTS_BY_CHANNEL_FIELD_NUMBER: _builtins.int
     EVENTS_BY_TYPE_FIELD_NUMBER: _builtins.int
     LAST_CHANNEL_FIELD_NUMBER: _builtins.int
+    EVENTS_BY_TOUCHPOINT_FIELD_NUMBER: _builtins.int
     events: _builtins.int
     last_channel: _builtins.str
     @_builtins.property
@@ -220,6 +241,8 @@ class Activity(_message.Message):
     def events_by_channel(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def events_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def events_by_touchpoint(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
         self,
         *,
@@ -230,10 +253,11 @@ class Activity(_message.Message):
         events_by_channel: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         events_by_type: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         last_channel: _builtins.str = ...,
+        events_by_touchpoint: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen", "last_seen", b"last_seen", "updated", b"updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "events_by_channel", b"events_by_channel", "events_by_type", b"events_by_type", "first_seen", b"first_seen", "last_channel", b"last_channel", "last_seen", b"last_seen", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "events_by_channel", b"events_by_channel", "events_by_touchpoint", b"events_by_touchpoint", "events_by_type", b"events_by_type", "first_seen", b"first_seen", "last_channel", b"last_channel", "last_seen", b"last_seen", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
