@@ -46,6 +46,26 @@ class ServiceServer:
             raise OSError(f"cannot bind gRPC server to {address}")
         self._stopped = threading.Event()
 
+    def set_status(self, name: str, serving: bool) -> None:
+        """Reports a component's health under its own service name."""
+        self.health.set(
+            name,
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+
+    def every(self, seconds: float, task: Callable[[], None]) -> None:
+        """Runs `task` now and then every `seconds` in a thread, until the server stops."""
+
+        def loop() -> None:
+            while True:
+                task()
+                if self._stopped.wait(seconds):
+                    return
+
+        threading.Thread(target=loop, name="periodic", daemon=True).start()
+
     def _set_status(self, status: int) -> None:
         for name in ["", *self._service_names]:
             self.health.set(name, status)

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 
 
+# Health name under which the stream worker's heartbeat is reported.
+WORKER_HEALTH_NAME = "cx.profile.v1.ProfileWorker"
+WORKER_CHECK_EVERY_S = 2.0
+
+
 def build_server(
     reader: ProfileReader, publisher: TouchpointPublisher | None, address: str
 ) -> ServiceServer:
@@ -30,7 +35,17 @@ def build_server(
     def register(server: grpc.Server) -> None:
         profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server)
 
-    return ServiceServer(register, [SERVICE_NAME], address)
+    server = ServiceServer(register, [SERVICE_NAME], address)
+    server.set_status(WORKER_HEALTH_NAME, False)
+
+    def check_workers() -> None:
+        try:
+            server.set_status(WORKER_HEALTH_NAME, reader.workers_alive() > 0)
+        except redis.RedisError:
+            server.set_status(WORKER_HEALTH_NAME, False)
+
+    server.every(WORKER_CHECK_EVERY_S, check_workers)
+    return server
 
 
 def main() -> None:

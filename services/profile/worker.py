@@ -16,8 +16,10 @@ anything unexpected ends the process before Faust can commit past unapplied even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -49,6 +51,7 @@ log = logging.getLogger("cx.profile.worker")
 tracer = trace.get_tracer("cx.profile.worker")
 T = TypeVar("T")
 MAX_LINKS = 64
+HEARTBEAT_EVERY_S = 5.0
 
 
 class TouchpointCodec(codecs.Codec):
@@ -201,6 +204,14 @@ async def resolve_identities(stream: Any) -> None:
 @app.agent(profile_events)
 async def apply_events(stream: Any) -> None:
     await _each_batch(stream, apply_batch)
+
+
+@app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]
+async def heartbeat() -> None:
+    """Tells the profile server this worker is alive (its gRPC health reports it)."""
+    key = f"{settings.key_prefix}worker:{socket.gethostname()}:{os.getpid()}"
+    with contextlib.suppress(RedisError, OSError):
+        await pipeline().store.client.set(key, "1", ex=int(HEARTBEAT_EVERY_S * 3))
 
 
 def main() -> None:

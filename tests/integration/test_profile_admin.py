@@ -9,8 +9,12 @@ import grpc
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.profile.adapters.reader import ProfileReader
 from services.profile.adapters.store import as_text
+from services.profile.server import build_server as build_profile
+from services.profile.settings import ProfileSettings
 from tests.integration.profile_harness import ProfileHarness
 from tests.integration.test_profile_flow import ANON, CUSTOMER, EMAIL, login, nps, order, page
 
@@ -190,3 +194,31 @@ def test_consent_goes_through_the_stream_and_segments_list_members(
         h.profiles.ListSegmentMembers(pb.ListSegmentMembersRequest(segment="nope"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (info.value.details() or "").startswith("segment")
+
+
+def test_health_reports_the_stream_worker(profile_harness: ProfileHarness) -> None:
+    health = health_pb2_grpc.HealthStub(profile_harness.profile_channel)
+
+    def status(service: str) -> int:
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(reply.status)
+
+    assert status("cx.profile.v1.ProfileService") == health_pb2.HealthCheckResponse.SERVING
+    profile_harness.wait_for(
+        "the worker's heartbeat",
+        lambda: status("cx.profile.v1.ProfileWorker") == health_pb2.HealthCheckResponse.SERVING,
+    )
+
+
+def test_health_reports_no_worker_when_none_beats(profile_harness: ProfileHarness) -> None:
+    reader = ProfileReader(profile_harness.redis, ProfileSettings(key_prefix="no-worker-here:"))
+    server = build_profile(reader, None, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="cx.profile.v1.ProfileWorker"), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.stop(grace_s=0)

@@ -108,6 +108,11 @@ class ProfileReader:
         )
         return LoadedProfile(stored, lineage)
 
+    def workers_alive(self) -> int:
+        """Stream workers whose heartbeat has not expired."""
+        pattern = f"{self.settings.key_prefix}worker:*"
+        return sum(1 for _ in self.client.scan_iter(match=pattern, count=100))
+
     def events(self, pid: str, start: int = 0, stop: int = -1) -> list[ev.TouchpointEvent]:
         raw = self.client.zrevrange(self.keys.profile(pid, "events"), start, stop)
         return [ev.TouchpointEvent.FromString(cast(bytes, b)) for b in raw]
