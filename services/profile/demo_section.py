@@ -63,8 +63,9 @@ class ProfileSection:
         out = [
             f"events applied to profiles: {self._delta('applied')} of {run.accepted} "
             f"(caught up in {waited:.1f}s)",
-            f"profiles created this run: {created}, merged by identity stitching: {merges}, "
-            f"live now: {created - merges}",
+            f"identity stitching: {self._delta('stitched')} identifiers linked to a known "
+            f"profile, {merges} profiles merged; {created - merges} profiles for "
+            f"{len(run.customers)} customers",
             f"all time: {stats.get('profiles_created', 0) - stats.get('merges', 0)} profiles",
         ]
         ports = grpc_ports()

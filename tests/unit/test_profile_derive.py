@@ -10,7 +10,6 @@ from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.profile.domain.derive import (
     DEFAULT_CONFIG,
-    MONTH_DAYS,
     ChurnWeights,
     DeriveConfig,
     Derived,
@@ -83,7 +82,7 @@ def test_two_orders_and_a_return() -> None:
     assert c.last_order_at_ms == at(20)
     # CLV: historic is net revenue; predicted = orders per month x 12 x AOV x (1 - risk).
     assert c.clv_historic == pytest.approx(130)
-    tenure_months = 40 / MONTH_DAYS
+    tenure_months = 6  # 40 days of tenure, measured over the six-month minimum
     assert c.purchases_per_month == pytest.approx(2 / tenure_months)
     expected = 2 / tenure_months * 12 * 65 * (1 - d.churn_risk)
     assert c.clv_predicted == pytest.approx(expected)
@@ -98,14 +97,14 @@ def test_two_orders_and_a_return() -> None:
     assert d.journey_stage == "usage"
 
 
-def test_predicted_clv_counts_at_least_one_month_of_tenure_and_ignores_cancelled_orders() -> None:
+def test_predicted_clv_counts_at_least_six_months_of_tenure_and_ignores_cancelled_orders() -> None:
     d = derived([order(0, 100, "o-1"), order(1, 50, "o-2"), cancelled(2, 50, "o-2")], now_day=3)
     c = d.commerce
     assert (c.orders, c.cancellations, c.net_orders) == (2, 1, 1)
     assert c.net_revenue == pytest.approx(100)
     assert c.average_order_value == pytest.approx(100)
-    assert c.purchases_per_month == pytest.approx(1.0)  # 1 order over the minimum 1 month
-    assert c.clv_predicted == pytest.approx(12 * 100 * (1 - d.churn_risk))
+    assert c.purchases_per_month == pytest.approx(1 / 6)  # 1 order over the minimum 6 months
+    assert c.clv_predicted == pytest.approx(2 * 100 * (1 - d.churn_risk))
     assert d.journey_stage == "onboarding"
 
 
@@ -142,12 +141,12 @@ def test_rfm_scores_follow_the_fixed_thresholds(
     ("clv", "tier"),
     [
         (5000, "vip"),
-        (1000, "vip"),
-        (999.99, "high"),
-        (300, "high"),
-        (299.99, "medium"),
-        (50, "medium"),
-        (49.99, "low"),
+        (2000, "vip"),
+        (1999.99, "high"),
+        (1000, "high"),
+        (999.99, "medium"),
+        (250, "medium"),
+        (249.99, "low"),
         (0.01, "low"),
         (0, "none"),
         (-20, "none"),

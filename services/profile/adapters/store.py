@@ -15,7 +15,8 @@ Keys (prefix `cx:` by default):
   seen:{event id}      applied event ids, expiring after the dedup window
   seg:{name}           sorted set of segment members by entry time
   erased:{hash}        salted hashes of erased identifiers, expiring after suppression
-  stats                counts: profiles_created, merges, applied events, and events not
+  stats                counts: profiles_created, merges, stitched (identifiers linked to a
+                       known profile), applied events, and events not
                        applied: suppressed (erased), blocked
 """
 

@@ -70,11 +70,14 @@ class DeriveConfig:
     churn_bands: tuple[float, float] = (0.3, 0.6)
     # Value tiers by clv_total, highest first; above 0 and below the last: low; else none.
     value_tiers: tuple[tuple[str, float], ...] = (
-        ("vip", 1000.0),
-        ("high", 300.0),
-        ("medium", 50.0),
+        ("vip", 2000.0),
+        ("high", 1000.0),
+        ("medium", 250.0),
     )
     clv_horizon_months: float = 12.0
+    # The purchase rate is measured over at least this many months, so a new customer's
+    # first orders do not extrapolate to a dozen more a year.
+    clv_min_tenure_months: float = 6.0
     # Journey stage rules (see docs/profile-metrics.md).
     support_days: float = 7.0
     checkout_days: float = 7.0
@@ -598,7 +601,7 @@ def derive(state: ProfileState, now_ms: int, config: DeriveConfig = DEFAULT_CONF
     )
 
     aov = net_revenue / net_orders if net_orders else 0.0
-    tenure_months = max(1.0, (days_since_first_order or 0.0) / MONTH_DAYS)
+    tenure_months = max(config.clv_min_tenure_months, (days_since_first_order or 0.0) / MONTH_DAYS)
     per_month = net_orders / tenure_months if first_order is not None else 0.0
     clv_historic = net_revenue
     clv_predicted = per_month * config.clv_horizon_months * max(aov, 0.0) * (1.0 - churn.risk)

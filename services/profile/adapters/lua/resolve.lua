@@ -124,6 +124,7 @@ for i, ev in ipairs(events) do
       end
     end
     local pid = order[1]
+    local existing = pid ~= nil
     local merged = {}
     if not pid then
       pid = 'p_' .. string.sub(redis.sha1hex(ev.e .. '|' .. ids[1][1] .. ':' .. ids[1][2]), 1, 20)
@@ -156,6 +157,8 @@ for i, ev in ipairs(events) do
         local has_customer = id[1] == 'c' and customer_id_of(pid)
         if not has_customer and count_of(pid, id[1]) < (config.max[id[1]] or 1000000) then
           link(pid, id[1], id[2], ev)
+          -- A new identifier of someone already known: identity stitching.
+          if existing then redis.call('HINCRBY', prefix .. 'stats', 'stitched', 1) end
         end
       end
     end
