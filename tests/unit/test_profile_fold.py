@@ -406,3 +406,18 @@ def test_effects_of_an_event_are_what_the_fold_applies() -> None:
     folded = fold([e])
     folded.identities.clear()
     assert differences(folded, state) == []
+
+
+def test_a_contact_id_with_the_separator_keeps_its_reason_and_resolution() -> None:
+    e = ev.TouchpointEvent(
+        event_id="pipe-1",
+        identities=ev.Identities(customer_id="c"),
+        channel=ev.CHANNEL_PHONE,
+        touchpoint="support.phone",
+        journey_stage=ev.JOURNEY_STAGE_SUPPORT,
+        source_system="tests",
+        support_contact=ev.SupportContact(contact_id="a|b", reason="billing", resolved=True),
+    )
+    e.occurred_at.FromMilliseconds(1_800_000_000_000)
+    (contact,) = fold([e]).contacts
+    assert (contact.contact_id, contact.reason, contact.resolved) == ("a/b", "billing", True)

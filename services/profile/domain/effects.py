@@ -25,7 +25,7 @@ STAGE_NAMES = {
     v.number: v.name.removeprefix("JOURNEY_STAGE_").lower()
     for v in ev.JourneyStage.DESCRIPTOR.values
 }
-# A CSAT answer counts as satisfied at 4 or 5 of 5 (the top 40% of any scale).
+# A CSAT answer counts as satisfied from 75% of its scale's range: 4 or 5 on 1-5.
 CSAT_SATISFIED_FROM = 0.75
 NEGATIVE_SENTIMENT = -0.3
 
@@ -148,7 +148,9 @@ def _support_contact(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
         fx.add("support_unresolved")
     fx.add("support_wait_s", s.wait_time.ToTimedelta().total_seconds())
     fx.maximum("last_contact_at", ts)
-    fx.member("contacts", f"{s.contact_id}|{s.reason}|{int(s.resolved)}")
+    # "|" separates the member's parts; a contact id may not bring its own.
+    contact_id = s.contact_id.replace("|", "/")
+    fx.member("contacts", f"{contact_id}|{s.reason}|{int(s.resolved)}")
     fx.latest("u.support", e.event_id)
 
 
