@@ -160,7 +160,7 @@ def memory_per_profile(pipeline: IsolatedPipeline, sample: int = 300) -> dict[st
             if sub == "events":
                 continue
             total += r.memory_usage(base + (f":{sub}" if sub else ""), samples=0) or 0
-        for member in r.smembers(f"{base}:ids"):
+        for member in r.hkeys(f"{base}:ids"):
             t, _, value = as_text(member).partition(":")
             total += r.memory_usage(f"{prefix}id:{t}:{value}", samples=0) or 0
         profile_bytes.append(total)

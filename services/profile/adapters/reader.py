@@ -58,7 +58,7 @@ class ProfileReader:
         if id_type == "pid":
             pid = self.follow(value)
         else:
-            owner = self.client.hget(self.keys.identity(id_type, value), "p")
+            owner = self.client.get(self.keys.identity(id_type, value))
             if owner is None:
                 return None
             pid = self.follow(as_text(owner))
@@ -67,7 +67,7 @@ class ProfileReader:
     def load(self, pid: str) -> LoadedProfile | None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.profile(pid))
-        pipe.smembers(self.keys.profile(pid, "ids"))
+        pipe.hgetall(self.keys.profile(pid, "ids"))
         for sub in ("traits", "consent", "complaints"):
             pipe.hgetall(self.keys.profile(pid, sub))
         pipe.zrange(self.keys.profile(pid, "contacts"), 0, -1, withscores=True)
@@ -75,23 +75,13 @@ class ProfileReader:
         main, ids, traits, consent, complaints, contacts, touchpoints = pipe.execute()
         if not ids:
             return None
-        idents = sorted(as_text(m) for m in ids)
-        pipe = self.client.pipeline(transaction=False)
+        links = {as_text(k): as_text(v) for k, v in ids.items()}
+        idents = sorted(links)
+        lineage = []
         for ident in idents:
             t, _, value = ident.partition(":")
-            pipe.hgetall(self.keys.identity(t, value))
-        lineage = []
-        for ident, raw in zip(idents, pipe.execute(), strict=True):
-            t, _, value = ident.partition(":")
-            fields = {as_text(k): as_text(v) for k, v in raw.items()}
-            lineage.append(
-                Lineage(
-                    (t, value),
-                    fields.get("ev", ""),
-                    int(fields.get("at", "0") or 0),
-                    fields.get("src", ""),
-                )
-            )
+            event_id, at, source = [*links[ident].split("|", 2), "", ""][:3]
+            lineage.append(Lineage((t, value), event_id, int(at or 0), source))
 
         def text_map(raw: dict[bytes, bytes]) -> dict[str, str]:
             return {as_text(k): as_text(v) for k, v in raw.items()}

@@ -2,7 +2,8 @@
 
 Keys (prefix `cx:` by default):
   p:{id}               hash of aggregates (see domain/state.py)
-  p:{id}:ids           set of "t:value" identifiers (t: c customer, e email, p phone, a anon)
+  p:{id}:ids           hash: "t:value" identifier (t: c customer, e email, p phone, a anon)
+                       -> lineage of its link "<event id>|<ts ms>|<source system>"
   p:{id}:traits|consent|complaints   hashes of "<ts_ms>|<value>", latest wins
   p:{id}:contacts      sorted set of support contacts by time
   p:{id}:touchpoints   hash: events per touchpoint
@@ -10,7 +11,7 @@ Keys (prefix `cx:` by default):
   p:{id}:outbox        list of signals not yet published as change events
   p:{id}:merges        list of merges into this profile (for UnmergeProfile)
   p:{id}:apart         profiles split off this one, never merged back automatically
-  id:{t}:{value}       hash: owning profile and lineage (event, time, source)
+  id:{t}:{value}       string: the owning profile
   alias                hash: merged profile id -> surviving profile id
   seen:{event id}      applied event ids, expiring after the dedup window
   seg:{name}           sorted set of segment members by entry time

@@ -70,7 +70,7 @@ for _, pid in ipairs(order) do
   table.insert(profiles, {
     pid,
     redis.call('HGETALL', main),
-    redis.call('SMEMBERS', main .. ':ids'),
+    redis.call('HKEYS', main .. ':ids'),
     redis.call('HGETALL', main .. ':traits'),
     redis.call('HGETALL', main .. ':consent'),
     redis.call('HGETALL', main .. ':complaints'),

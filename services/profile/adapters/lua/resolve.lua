@@ -11,7 +11,7 @@ local PRIORITY = {c = 1, e = 2, p = 3, a = 4}
 
 local function id_key(t, v) return prefix .. 'id:' .. t .. ':' .. v end
 local function customer_id_of(pid)
-  local members = redis.call('SMEMBERS', pkey(pid) .. ':ids')
+  local members = redis.call('HKEYS', pkey(pid) .. ':ids')
   for _, m in ipairs(members) do
     if string.sub(m, 1, 2) == 'c:' then return string.sub(m, 3) end
   end
@@ -22,9 +22,12 @@ local function count_of(pid, t)
   return tonumber(redis.call('HGET', pkey(pid), 'c:ids.' .. t) or '0')
 end
 
+-- The identity key names the owner; the profile's ids hash keeps the lineage of the link
+-- (event, time, source), which moves with the identifier on merges and splits.
 local function link(pid, t, v, ev)
-  redis.call('HSET', id_key(t, v), 'p', pid, 'ev', ev.e, 'at', ev.t, 'src', ev.s or '')
-  if redis.call('SADD', pkey(pid) .. ':ids', t .. ':' .. v) == 1 then
+  redis.call('SET', id_key(t, v), pid)
+  local lineage = ev.e .. '|' .. ev.t .. '|' .. (ev.s or '')
+  if redis.call('HSETNX', pkey(pid) .. ':ids', t .. ':' .. v, lineage) == 1 then
     redis.call('HINCRBY', pkey(pid), 'c:ids.' .. t, 1)
   end
   local main = pkey(pid)
@@ -74,11 +77,14 @@ local function merge(loser, survivor, ev)
       'AGGREGATE', 'MAX')
   end
   redis.call('SUNIONSTORE', to .. ':apart', to .. ':apart', from .. ':apart')
-  local loser_ids = redis.call('SMEMBERS', from .. ':ids')
-  for _, m in ipairs(loser_ids) do
+  local loser_links = redis.call('HGETALL', from .. ':ids')
+  local loser_ids = {}
+  for i = 1, #loser_links, 2 do
+    local m = loser_links[i]
     local t, v = string.match(m, '^(%a):(.*)$')
-    redis.call('HSET', id_key(t, v), 'p', survivor)
-    redis.call('SADD', to .. ':ids', m)
+    redis.call('SET', id_key(t, v), survivor)
+    redis.call('HSET', to .. ':ids', m, loser_links[i + 1])
+    table.insert(loser_ids, m)
   end
   local outbox = redis.call('LRANGE', from .. ':outbox', 0, -1)
   for _, item in ipairs(outbox) do redis.call('RPUSH', to .. ':outbox', item) end
@@ -117,7 +123,7 @@ for i, ev in ipairs(events) do
     redis.call('HINCRBY', prefix .. 'stats', 'blocked', 1)
   else
     for _, id in ipairs(ids) do
-      local pid = redis.call('HGET', id_key(id[1], id[2]), 'p')
+      local pid = redis.call('GET', id_key(id[1], id[2]))
       if pid then
         pid = follow(pid)
         if not owners[pid] then owners[pid] = true; table.insert(order, pid) end
@@ -152,7 +158,7 @@ for i, ev in ipairs(events) do
       end
     end
     for _, id in ipairs(ids) do
-      local owner = redis.call('HGET', id_key(id[1], id[2]), 'p')
+      local owner = redis.call('GET', id_key(id[1], id[2]))
       if not owner then
         local has_customer = id[1] == 'c' and customer_id_of(pid)
         if not has_customer and count_of(pid, id[1]) < (config.max[id[1]] or 1000000) then

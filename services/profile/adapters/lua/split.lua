@@ -30,9 +30,10 @@ write(source, plan.source)
 write(target, plan.target)
 for _, m in ipairs(plan.ids) do
   local t, v = string.match(m, '^(%a):(.*)$')
-  redis.call('SREM', pkey(source) .. ':ids', m)
-  redis.call('SADD', pkey(target) .. ':ids', m)
-  redis.call('HSET', prefix .. 'id:' .. t .. ':' .. v, 'p', target)
+  local lineage = redis.call('HGET', pkey(source) .. ':ids', m) or ''
+  redis.call('HDEL', pkey(source) .. ':ids', m)
+  redis.call('HSET', pkey(target) .. ':ids', m, lineage)
+  redis.call('SET', prefix .. 'id:' .. t .. ':' .. v, target)
 end
 for i = 6, #ARGV do
   local score = redis.call('ZSCORE', pkey(source) .. ':events', ARGV[i])
