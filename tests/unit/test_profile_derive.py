@@ -465,3 +465,26 @@ def test_delivery_problems_are_the_share_of_late_or_failed_deliveries() -> None:
     assert reason.code == "delivery_problems"
     assert reason.description == "2 of 3 deliveries late or failed"
     assert reason.contribution == pytest.approx(1.0 * 2 / 3)
+
+
+def test_a_complaint_resolved_in_the_same_millisecond_as_an_update_is_closed() -> None:
+    def complaint_event(n: int, status: ev.Complaint.Status.ValueType) -> ev.TouchpointEvent:
+        e = ev.TouchpointEvent(
+            event_id=f"cmp-{n}",
+            identities=ev.Identities(customer_id="c"),
+            channel=ev.CHANNEL_PHONE,
+            touchpoint="support.complaint",
+            journey_stage=ev.JOURNEY_STAGE_SUPPORT,
+            source_system="tests",
+            complaint=ev.Complaint(complaint_id="k-1", status=status),
+        )
+        e.occurred_at.FromMilliseconds(1_800_000_000_000 + (0 if n else -1000))
+        return e
+
+    events = [
+        complaint_event(0, ev.Complaint.STATUS_OPENED),
+        complaint_event(1, ev.Complaint.STATUS_RESOLVED),
+        complaint_event(2, ev.Complaint.STATUS_UPDATED),
+    ]
+    for ordered in (events, events[::-1]):
+        assert derive(fold(ordered), 1_800_000_100_000).cx.open_complaints == 0

@@ -336,7 +336,7 @@ def test_sub_maps_hold_complaints_and_consent() -> None:
             consent(2, ev.ConsentChange.PURPOSE_MARKETING_SMS, granted=True),
         ]
     )
-    assert state.complaints["c-1"] == Latest("resolved|high|delivery", at(3))
+    assert state.complaints["c-1"] == Latest("4|resolved|high|delivery", at(3))
     assert state.consent["marketing_sms"].value.startswith("1|tests|")
     assert state.count("complaints") == 1
 
@@ -359,7 +359,7 @@ def test_any_order_of_the_same_events_folds_to_the_same_state() -> None:
     # Spot checks that the journey exercised what it should.
     assert reference.count("orders") == 2
     assert reference.latest["channel"] == Latest("email", at(25))
-    assert reference.complaints["c-1"].value.startswith("resolved|")
+    assert reference.complaints["c-1"].value.startswith("4|resolved|")
     assert reference.consent["marketing_email"].value.startswith("0|")
     assert reference.traits["plan"].value == '"plus"'
     assert len(reference.contacts) == 3

@@ -287,8 +287,8 @@ def _contacts(state: ProfileState) -> list[_Contact]:
 def _complaints(state: ProfileState) -> tuple[list[str], str | None]:
     open_ids, worst = [], None
     for complaint_id, latest in sorted(state.complaints.items()):
-        status, _, rest = latest.value.partition("|")
-        severity = rest.partition("|")[0]
+        # "<lifecycle rank>|<status>|<severity>|<category>" (effects.py)
+        _rank, status, severity = [*latest.value.split("|"), "", ""][:3]
         if status in OPEN_COMPLAINT_STATUSES:
             open_ids.append(complaint_id)
             rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else 0

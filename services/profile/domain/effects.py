@@ -28,6 +28,12 @@ STAGE_NAMES = {
 # A CSAT answer counts as satisfied from 75% of its scale's range: 4 or 5 on 1-5.
 CSAT_SATISFIED_FROM = 0.75
 NEGATIVE_SENTIMENT = -0.3
+COMPLAINT_LIFECYCLE = {
+    ev.Complaint.STATUS_OPENED: 1,
+    ev.Complaint.STATUS_UPDATED: 2,
+    ev.Complaint.STATUS_ESCALATED: 3,
+    ev.Complaint.STATUS_RESOLVED: 4,
+}
 
 
 @dataclass
@@ -191,7 +197,10 @@ def _complaint(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     c = e.complaint
     status = ev.Complaint.Status.Name(c.status).removeprefix("STATUS_").lower()
     severity = ev.Complaint.Severity.Name(c.severity).removeprefix("SEVERITY_").lower()
-    fx.latest_in("complaints", c.complaint_id, f"{status}|{severity}|{c.category}")
+    # The lifecycle rank leads the value: two updates in the same millisecond resolve to
+    # the later state (resolved over escalated over updated over opened).
+    rank = COMPLAINT_LIFECYCLE.get(c.status, 0)
+    fx.latest_in("complaints", c.complaint_id, f"{rank}|{status}|{severity}|{c.category}")
     fx.latest("u.cx", e.event_id)
     if c.status == ev.Complaint.STATUS_OPENED:
         fx.add("complaints")
