@@ -19,9 +19,8 @@ from cx.ingest.v1 import ingest_pb2 as pb
 from cx.ingest.v1 import ingest_pb2_grpc
 
 from bench.stats import Figures, print_ratio, print_table
-from services.common.kafka_io import reliable_producer, touchpoint_headers
+from services.common.kafka_io import reliable_producer, send_touchpoint, touchpoint_headers
 from services.common.settings import grpc_ports, kafka_settings
-from services.common.validation import partition_key
 
 GOAL_BATCH_VS_RAW = 0.5
 
@@ -57,12 +56,7 @@ def raw_producer(events: list[ev.TouchpointEvent]) -> Figures:
     start = time.perf_counter()
     headers = touchpoint_headers()
     for event in events:
-        producer.send(
-            kafka.touchpoints_topic,
-            key=partition_key(event),
-            value=event.SerializeToString(),
-            headers=headers,
-        )
+        send_touchpoint(producer, kafka.touchpoints_topic, event, headers)
     producer.flush()
     elapsed = time.perf_counter() - start
     producer.close()

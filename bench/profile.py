@@ -28,9 +28,8 @@ from pathlib import Path
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from bench.stats import Figures, print_ratio, print_table
-from services.common.kafka_io import reliable_producer, touchpoint_headers
+from services.common.kafka_io import reliable_producer, send_touchpoint, touchpoint_headers
 from services.common.settings import kafka_settings, redis_settings
-from services.common.validation import partition_key
 from services.demo.journeys import DemoConfig, generate
 from services.profile.adapters.store import SUBKEYS, as_text
 from services.profile.isolation import IsolatedPipeline
@@ -52,12 +51,7 @@ def preload(pipeline: IsolatedPipeline, events: Sequence[ev.TouchpointEvent]) ->
     producer = reliable_producer(pipeline.kafka.kafka_bootstrap_servers, "bench-preload")
     headers = touchpoint_headers()
     for e in events:
-        producer.send(
-            pipeline.kafka.touchpoints_topic,
-            key=partition_key(e),
-            value=e.SerializeToString(),
-            headers=headers,
-        )
+        send_touchpoint(producer, pipeline.kafka.touchpoints_topic, e, headers)
     producer.flush()
     producer.close()
 
@@ -128,12 +122,7 @@ def latency(
         if i % 10 == 0:
             with lock:
                 sent_at[e.event_id] = time.perf_counter()
-        producer.send(
-            pipeline.kafka.touchpoints_topic,
-            key=partition_key(e),
-            value=e.SerializeToString(),
-            headers=headers,
-        )
+        send_touchpoint(producer, pipeline.kafka.touchpoints_topic, e, headers)
     producer.flush()
     elapsed = time.perf_counter() - start
     finished.set()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cx.events.v1 import touchpoint_pb2 as ev
 from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
 
 from services.common.telemetry import KafkaHeaders, inject_kafka_headers
+from services.common.validation import partition_key
 
 TOUCHPOINT_SCHEMA = "cx.events.v1.TouchpointEvent"
 SCHEMA_HEADER = "cx-schema"
@@ -25,6 +28,15 @@ _TOUCHPOINT_HEADERS: KafkaHeaders = [
 def touchpoint_headers() -> KafkaHeaders:
     """Schema headers plus the current trace context."""
     return inject_kafka_headers(_TOUCHPOINT_HEADERS)
+
+
+def send_touchpoint(
+    producer: KafkaProducer, topic: str, event: ev.TouchpointEvent, headers: KafkaHeaders
+) -> FutureRecordMetadata:
+    """Sends one event keyed by its person, so one person's events stay in order."""
+    return producer.send(
+        topic, key=partition_key(event), value=event.SerializeToString(), headers=headers
+    )
 
 
 def reliable_producer(bootstrap_servers: str, client_id: str, **overrides: Any) -> KafkaProducer:

@@ -44,15 +44,6 @@ class GrpcPorts(BaseSettings):
     alerts_grpc_port: int = 50054
 
 
-class TelemetrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
-
-    # Standard OpenTelemetry variables: no exporter unless an endpoint or exporter is set.
-    otel_exporter_otlp_endpoint: str | None = None
-    otel_traces_exporter: str = "otlp"
-    otel_service_name: str | None = None
-
-
 @lru_cache(maxsize=1)
 def kafka_settings() -> KafkaSettings:
     return KafkaSettings()

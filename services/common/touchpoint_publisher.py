@@ -9,8 +9,7 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from services.common.kafka_io import reliable_producer, touchpoint_headers
-from services.common.validation import partition_key
+from services.common.kafka_io import reliable_producer, send_touchpoint, touchpoint_headers
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,7 @@ class TouchpointPublisher:
     def publish(self, events: Sequence[ev.TouchpointEvent]) -> list[Published | PublishError]:
         """Sends all events, then waits for each acknowledgement (in request order)."""
         headers = touchpoint_headers()
-        futures = [
-            self._producer.send(
-                self._topic,
-                key=partition_key(event),
-                value=event.SerializeToString(),
-                headers=headers,
-            )
-            for event in events
-        ]
+        futures = [send_touchpoint(self._producer, self._topic, event, headers) for event in events]
         results: list[Published | PublishError] = []
         for future in futures:
             try:

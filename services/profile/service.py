@@ -68,6 +68,14 @@ def parse_identifier(identifier: pb.Identifier, field: str = "identifier") -> tu
     return kind, value
 
 
+def parse_person_identifier(identifier: pb.Identifier) -> tuple[str, str]:
+    """An identifier of a person (not a profile id), for calls that act on one."""
+    kind, value = parse_identifier(identifier)
+    if kind == "pid":
+        raise BadRequest("identifier.type", "must be a person's identifier, not PROFILE_ID")
+    return kind, value
+
+
 def encode_token(offset: int) -> str:
     return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
 
@@ -189,9 +197,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self, request: pb.RemoveIdentifierRequest, context: grpc.ServicerContext
     ) -> pb.RemoveIdentifierResponse:
         try:
-            kind, value = parse_identifier(request.identifier)
-            if kind == "pid":
-                raise BadRequest("identifier.type", "must be a person's identifier, not PROFILE_ID")
+            kind, value = parse_person_identifier(request.identifier)
             pid = self._profile_id(request.identifier, context)
         except BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -233,9 +239,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self, request: pb.UpdateConsentRequest, context: grpc.ServicerContext
     ) -> pb.UpdateConsentResponse:
         try:
-            kind, value = parse_identifier(request.identifier)
-            if kind == "pid":
-                raise BadRequest("identifier.type", "must be a person's identifier, not PROFILE_ID")
+            kind, value = parse_person_identifier(request.identifier)
             if request.purpose == ev.ConsentChange.PURPOSE_UNSPECIFIED:
                 raise BadRequest("purpose", "is required")
         except BadRequest as exc:
