@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
+from cx.profile.v1 import stream_pb2
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
 from services.common.dead_letter import (
@@ -25,7 +27,6 @@ from services.common.dead_letter import (
     TouchpointDecoder,
     dead_letter,
 )
-from services.common.telemetry import KafkaHeaders
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
 from services.profile.domain.changes import compute_changes
 from services.profile.domain.derive import derive
@@ -52,7 +53,42 @@ class _ListSink:
 class Forward:
     profile_id: str
     event: ev.TouchpointEvent
-    headers: KafkaHeaders
+
+
+def bundle_forwards(
+    forwards: Sequence[Forward], partition_of: Callable[[bytes], int]
+) -> dict[int, bytes]:
+    """One serialized `ProfileEventBundle` per target partition, events in batch order.
+
+    `partition_of` maps a profile id (as the record key it stands for) to its partition.
+    """
+    bundles: dict[int, stream_pb2.ProfileEventBundle] = {}
+    for f in forwards:
+        partition = partition_of(f.profile_id.encode())
+        bundle = bundles.get(partition)
+        if bundle is None:
+            bundle = bundles[partition] = stream_pb2.ProfileEventBundle()
+        bundle.events.add(profile_id=f.profile_id, event=f.event)
+    return {partition: b.SerializeToString() for partition, b in bundles.items()}
+
+
+def read_bundle(value: bytes | None) -> list[tuple[str, ev.TouchpointEvent]]:
+    """The (profile id, event) pairs of one bundle record; InvalidRecord when corrupt."""
+    if value is None:
+        raise InvalidRecord("record has no value (tombstone)", "value")
+    bundle = stream_pb2.ProfileEventBundle()
+    try:
+        bundle.ParseFromString(value)
+    except DecodeError as exc:
+        raise InvalidRecord(f"not a protobuf ProfileEventBundle: {exc}", "value") from exc
+    items = []
+    for i, item in enumerate(bundle.events):
+        if not item.profile_id:
+            raise InvalidRecord("profile id is empty", f"events[{i}].profile_id")
+        if not item.event.event_id:
+            raise InvalidRecord("event id is empty", f"events[{i}].event.event_id")
+        items.append((item.profile_id, item.event))
+    return items
 
 
 @dataclass
@@ -60,6 +96,12 @@ class ResolveOutcome:
     forwards: list[Forward] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     suppressed: int = 0
+
+
+@dataclass
+class Unbundled:
+    items: list[tuple[str, ev.TouchpointEvent]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 @dataclass
@@ -100,7 +142,7 @@ class ProfilePipeline:
         resolved = await self.store.resolve([e for _, e in valid])
         for (record, event), result in zip(valid, resolved, strict=True):
             if result.profile_id is not None:
-                outcome.forwards.append(Forward(result.profile_id, event, record.headers))
+                outcome.forwards.append(Forward(result.profile_id, event))
                 MERGES.inc(len(result.merged))
             elif result.reason == "erased":
                 # Deliberate: the person asked to be erased; counted, not re-created.
@@ -117,6 +159,18 @@ class ProfilePipeline:
                 RECORDS.labels("dead_lettered").inc()
         RECORDS.labels("forwarded").inc(len(outcome.forwards))
         return outcome
+
+    def unbundle(self, records: Sequence[SourceRecord]) -> Unbundled:
+        out = Unbundled()
+        for record in records:
+            try:
+                out.items.extend(read_bundle(record.value))
+            except InvalidRecord as error:
+                out.dead_letters.append(
+                    dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
+                )
+                RECORDS.labels("dead_lettered").inc()
+        return out
 
     async def apply(self, items: Sequence[tuple[str, ev.TouchpointEvent]]) -> ApplyOutcome:
         statuses, profiles = await self.store.apply(

@@ -24,6 +24,9 @@ class ProfileSettings(BaseSettings):
     timeline_size: int = 200
     timeline_max_page: int = 200
     batch_size: int = 500
+    # Bundles (one per partition and resolve batch) the apply step takes at once; about
+    # batch_size events when one worker owns all partitions.
+    bundles_per_apply: int = 8
     # How long a batch waits to fill: the latency a quiet stream pays at each stage.
     batch_within_s: float = 0.01
     erasure_suppression_days: int = 30

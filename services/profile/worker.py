@@ -2,8 +2,10 @@
 
 Two agents, each taking batches:
 - `resolve_identities` reads `cx.touchpoints.v1`, dead-letters bad records, resolves each
-  event's profile and forwards it to `cx.profile-events.v1` keyed by profile id;
-- `apply_events` reads that topic, so one profile's events are applied in order by one
+  event's profile and forwards the batch to `cx.profile-events.v1` as one bundle record
+  per partition, the partition being the one Kafka's default partitioner gives the
+  profile id;
+- `apply_events` reads those bundles, so one profile's events are applied in order by one
   worker, applies each batch in one Redis script call and publishes change events to
   `cx.profile-changes.v1`.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,8 +29,7 @@ from typing import Any, TypeVar
 
 import faust
 import redis.asyncio as aioredis
-from cx.events.v1 import touchpoint_pb2 as ev
-from faust.serializers import codecs
+from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from redis.exceptions import RedisError
@@ -44,7 +46,7 @@ from services.common.telemetry import (
 )
 from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
-from services.profile.pipeline import ProfilePipeline
+from services.profile.pipeline import ProfilePipeline, bundle_forwards
 from services.profile.settings import Guardrails, ProfileSettings
 
 log = logging.getLogger("cx.profile.worker")
@@ -53,19 +55,6 @@ T = TypeVar("T")
 MAX_LINKS = 64
 HEARTBEAT_EVERY_S = 5.0
 
-
-class TouchpointCodec(codecs.Codec):
-    """Faust codec for TouchpointEvent values on the re-keyed topic."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        data: bytes = obj.SerializeToString()
-        return data
-
-    def _loads(self, s: bytes) -> Any:
-        return ev.TouchpointEvent.FromString(s)
-
-
-codecs.register("cx-touchpoint", TouchpointCodec())
 
 kafka = kafka_settings()
 settings = ProfileSettings()
@@ -86,9 +75,7 @@ app = faust.App(
     web_enabled=False,
 )
 touchpoints = app.topic(kafka.touchpoints_topic, key_type=bytes, value_type=bytes)
-profile_events = app.topic(
-    kafka.profile_events_topic, key_type=bytes, value_serializer="cx-touchpoint"
-)
+profile_events = app.topic(kafka.profile_events_topic, key_type=bytes, value_type=bytes)
 changes_topic = app.topic(kafka.profile_changes_topic, key_type=bytes, value_type=bytes)
 dlq_topic = app.topic(kafka.touchpoints_dlq_topic, key_type=bytes, value_type=bytes)
 
@@ -131,6 +118,31 @@ def _links(headers: Sequence[KafkaHeaders]) -> list[Link]:
     return links
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python: worth remembering for active profiles.
+    return int(murmur2(key) & 0x7FFFFFFF)
+
+
+def partition_of(key: bytes) -> int:
+    """The partition of the re-keyed topic Kafka's default partitioner gives this key."""
+    # Before the first metadata arrives, the count the platform creates the topics with.
+    count = app.consumer.topic_partitions(profile_events.get_topic_name())
+    return _key_hash(key) % int(count or kafka.kafka_topic_partitions)
+
+
+def _source_record(message: Any) -> SourceRecord:
+    return SourceRecord(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        _headers(message),
+        message.timestamp and int(message.timestamp * 1000),
+    )
+
+
 def _fatal(exc: BaseException) -> None:
     log.critical("unexpected failure, exiting before offsets are committed: %r", exc, exc_info=exc)
     logging.shutdown()
@@ -138,18 +150,7 @@ def _fatal(exc: BaseException) -> None:
 
 
 async def resolve_batch(events: Sequence[Any]) -> None:
-    records = [
-        SourceRecord(
-            e.message.topic,
-            e.message.partition,
-            e.message.offset,
-            e.message.key,
-            e.message.value,
-            _headers(e.message),
-            e.message.timestamp and int(e.message.timestamp * 1000),
-        )
-        for e in events
-    ]
+    records = [_source_record(e.message) for e in events]
     with tracer.start_as_current_span(
         "profile.resolve",
         links=_links([r.headers for r in records]),
@@ -157,9 +158,10 @@ async def resolve_batch(events: Sequence[Any]) -> None:
     ):
         p = pipeline()
         outcome = await retrying("identity resolution", lambda: p.resolve(records))
+        headers = inject_kafka_headers()
         sends = [
-            await profile_events.send(key=f.profile_id.encode(), value=f.event, headers=f.headers)
-            for f in outcome.forwards
+            await profile_events.send(value=bundle, partition=partition, headers=headers)
+            for partition, bundle in bundle_forwards(outcome.forwards, partition_of).items()
         ]
         sends += [
             await dlq_topic.send(key=d.key, value=d.value, headers=d.headers)
@@ -169,27 +171,41 @@ async def resolve_batch(events: Sequence[Any]) -> None:
 
 
 async def apply_batch(events: Sequence[Any]) -> None:
-    items = [(e.key.decode(), e.value) for e in events]
+    records = [_source_record(e.message) for e in events]
     with tracer.start_as_current_span(
         "profile.apply",
-        links=_links([_headers(e.message) for e in events]),
-        attributes={"messaging.batch.message_count": len(items)},
+        links=_links([r.headers for r in records]),
+        attributes={"messaging.batch.message_count": len(records)},
     ):
         p = pipeline()
-        outcome = await retrying("apply", lambda: p.apply(items))
-        headers = inject_kafka_headers()
-        sends = [
-            await changes_topic.send(
-                key=c.profile_id.encode(), value=c.SerializeToString(), headers=headers
-            )
-            for c in outcome.changes
+        unbundled = p.unbundle(records)
+        letters = [
+            await dlq_topic.send(key=d.key, value=d.value, headers=d.headers)
+            for d in unbundled.dead_letters
         ]
-        await asyncio.gather(*sends)
-        await retrying("publish", lambda: p.store.publish(outcome.updates))
+        await asyncio.gather(*letters)
+        items = unbundled.items
+        for start in range(0, len(items), settings.batch_size):
+            await _apply_chunk(p, items[start : start + settings.batch_size])
 
 
-async def _each_batch(stream: Any, handle: Callable[[Sequence[Any]], Awaitable[None]]) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+async def _apply_chunk(p: ProfilePipeline, items: Sequence[tuple[str, Any]]) -> None:
+    outcome = await retrying("apply", lambda: p.apply(items))
+    headers = inject_kafka_headers()
+    sends = [
+        await changes_topic.send(
+            key=c.profile_id.encode(), value=c.SerializeToString(), headers=headers
+        )
+        for c in outcome.changes
+    ]
+    await asyncio.gather(*sends)
+    await retrying("publish", lambda: p.store.publish(outcome.updates))
+
+
+async def _each_batch(
+    stream: Any, size: int, handle: Callable[[Sequence[Any]], Awaitable[None]]
+) -> None:
+    async for events in stream.take_events(size, within=settings.batch_within_s):
         try:
             await handle(events)
         except Exception as exc:
@@ -198,12 +214,12 @@ async def _each_batch(stream: Any, handle: Callable[[Sequence[Any]], Awaitable[N
 
 @app.agent(touchpoints)
 async def resolve_identities(stream: Any) -> None:
-    await _each_batch(stream, resolve_batch)
+    await _each_batch(stream, settings.batch_size, resolve_batch)
 
 
 @app.agent(profile_events)
 async def apply_events(stream: Any) -> None:
-    await _each_batch(stream, apply_batch)
+    await _each_batch(stream, settings.bundles_per_apply, apply_batch)
 
 
 @app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]

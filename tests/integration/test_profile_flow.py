@@ -228,6 +228,35 @@ def test_poison_record_is_dead_lettered_and_the_stream_continues(
     assert header_value(letters[0], SOURCE_OFFSET_HEADER) == str(poison.offset)
 
 
+def test_corrupt_bundle_on_the_repartition_topic_is_dead_lettered_and_apply_continues(
+    profile_harness: ProfileHarness,
+) -> None:
+    h = profile_harness
+    raw = KafkaProducer(bootstrap_servers=h.kafka.kafka_bootstrap_servers)
+    corrupt = raw.send(h.kafka.profile_events_topic, value=b"\xffcorrupt", partition=0).get(
+        timeout=10
+    )
+    raw.close()
+    after = page(301, customer_id=f"after-bundle-{uuid.uuid4().hex[:6]}")
+    h.track([after])
+
+    h.wait_for(
+        "the event after the corrupt bundle",
+        lambda: h.profile(CUSTOMER, after.identities.customer_id),
+    )
+    letters = h.wait_for(
+        "the corrupt bundle's dead letter",
+        lambda: [
+            headers
+            for _, value, headers in h.records(h.kafka.touchpoints_dlq_topic)
+            if value == b"\xffcorrupt"
+        ],
+    )
+    assert len(letters) == 1
+    assert "not a protobuf ProfileEventBundle" in (header_value(letters[0], REASON_HEADER) or "")
+    assert header_value(letters[0], SOURCE_OFFSET_HEADER) == str(corrupt.offset)
+
+
 def test_profile_reads_validate_and_page(profile_harness: ProfileHarness) -> None:
     h = profile_harness
     customer = f"reader-{uuid.uuid4().hex[:6]}"
