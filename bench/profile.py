@@ -85,6 +85,8 @@ def latency(
     """Sends at a fixed rate; every 10th event is a probe whose application is timed."""
     count = min(len(events), int(rate * seconds))
     producer = reliable_producer(pipeline.kafka.kafka_bootstrap_servers, "bench-latency")
+    # Metadata first: otherwise the first probe also times the producer's bootstrap.
+    producer.partitions_for(pipeline.kafka.touchpoints_topic)
     headers = touchpoint_headers()
     sent_at: dict[str, float] = {}
     lock = threading.Lock()

@@ -13,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 
+from services.common.gc_tuning import freeze_startup_heap
+
 log = logging.getLogger(__name__)
 
 
@@ -88,6 +90,7 @@ class ServiceServer:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        freeze_startup_heap()
         self._stopped.wait()
 
     def _shutdown(self, on_stop: Callable[[], None]) -> None:

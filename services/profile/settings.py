@@ -28,7 +28,7 @@ class ProfileSettings(BaseSettings):
     # batch_size events when one worker owns all partitions.
     bundles_per_apply: int = 8
     # How long a batch waits to fill: the latency a quiet stream pays at each stage.
-    batch_within_s: float = 0.01
+    batch_within_s: float = 0.005
     erasure_suppression_days: int = 30
     # Salt for erased identifiers' hashes; generated once and kept in Redis when unset.
     erasure_salt: str = ""

@@ -35,6 +35,7 @@ from opentelemetry.trace import Link
 from redis.exceptions import RedisError
 
 from services.common.dead_letter import SourceRecord
+from services.common.gc_tuning import freeze_startup_heap
 from services.common.logs import setup_logging
 from services.common.settings import kafka_settings, metrics_ports, redis_settings
 from services.common.telemetry import (
@@ -220,6 +221,11 @@ async def resolve_identities(stream: Any) -> None:
 @app.agent(profile_events)
 async def apply_events(stream: Any) -> None:
     await _each_batch(stream, settings.bundles_per_apply, apply_batch)
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def freeze_heap_once_started() -> None:
+    freeze_startup_heap()
 
 
 @app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]
