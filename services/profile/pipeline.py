@@ -72,10 +72,25 @@ def bundle_forwards(
     return {partition: b.SerializeToString() for partition, b in bundles.items()}
 
 
-def read_bundle(value: bytes | None) -> list[tuple[str, ev.TouchpointEvent]]:
-    """The (profile id, event) pairs of one bundle record; InvalidRecord when corrupt."""
+def read_bundle(
+    value: bytes | None, key: bytes | None = None
+) -> list[tuple[str, ev.TouchpointEvent]]:
+    """The (profile id, event) pairs of one bundle record; InvalidRecord when corrupt.
+
+    Bundles have no key. A keyed record is one event keyed by its profile id, as workers
+    before the bundles wrote them: still applied, so an upgrade loses nothing in flight.
+    """
     if value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
+    if key:
+        event = ev.TouchpointEvent()
+        try:
+            event.ParseFromString(value)
+        except DecodeError as exc:
+            raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "value") from exc
+        if not event.event_id:
+            raise InvalidRecord("event id is empty", "event_id")
+        return [(key.decode(errors="replace"), event)]
     bundle = stream_pb2.ProfileEventBundle()
     try:
         bundle.ParseFromString(value)
@@ -164,7 +179,7 @@ class ProfilePipeline:
         out = Unbundled()
         for record in records:
             try:
-                out.items.extend(read_bundle(record.value))
+                out.items.extend(read_bundle(record.value, record.key))
             except InvalidRecord as error:
                 out.dead_letters.append(
                     dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)

@@ -50,3 +50,11 @@ def test_a_corrupt_bundle_is_an_invalid_record_naming_the_field(
     with pytest.raises(InvalidRecord) as caught:
         read_bundle(value)
     assert caught.value.field == field
+
+
+def test_a_keyed_record_is_one_event_of_the_profile_in_its_key_as_before_bundles() -> None:
+    event = page_view(anonymous_id="anon-legacy")
+
+    assert read_bundle(event.SerializeToString(), key=b"p_legacy") == [("p_legacy", event)]
+    with pytest.raises(InvalidRecord, match="not a protobuf TouchpointEvent"):
+        read_bundle(b"\xff\xff", key=b"p_legacy")
