@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 class IsolatedPipeline:
     def __init__(self, base: KafkaSettings, redis_url: str, log_dir: Path, name: str = "test"):
-        run = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.run = run = f"{name}-{uuid.uuid4().hex[:8]}"
         self.kafka = base.model_copy(
             update={
                 "touchpoints_topic": f"{run}.touchpoints",
@@ -87,7 +87,10 @@ class IsolatedPipeline:
             self.redis.delete(*keys[i : i + 1000])
         admin = KafkaAdminClient(bootstrap_servers=self.kafka.kafka_bootstrap_servers)
         try:
-            admin.delete_topics([s.name for s in platform_topics(self.kafka)])
+            # The platform's topics, and those Faust made for the run's consumer group.
+            ours = {s.name for s in platform_topics(self.kafka)}
+            ours |= {t for t in admin.list_topics() if t.startswith(f"{self.run}-")}
+            admin.delete_topics(sorted(ours))
         except UnknownTopicOrPartitionError:
             pass  # already gone
         finally:

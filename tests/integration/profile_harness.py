@@ -113,6 +113,14 @@ class ProfileHarness(IsolatedPipeline):
         finally:
             consumer.close()
 
+    def dead_letters(self, value: bytes) -> list[list[tuple[str, bytes]]]:
+        """The headers of every dead letter holding this value."""
+        return [
+            headers
+            for _, letter, headers in self.records(self.kafka.touchpoints_dlq_topic)
+            if letter == value
+        ]
+
     def close(self) -> None:
         self.kill_worker(signal.SIGTERM)
         for server in self.servers:

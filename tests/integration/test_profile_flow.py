@@ -218,11 +218,7 @@ def test_poison_record_is_dead_lettered_and_the_stream_continues(
         "the event after the poison record",
         lambda: h.profile(CUSTOMER, after.identities.customer_id),
     )
-    letters = [
-        headers
-        for _, value, headers in h.records(h.kafka.touchpoints_dlq_topic)
-        if value == b"\x00not-protobuf"
-    ]
+    letters = h.dead_letters(b"\x00not-protobuf")
     assert len(letters) == 1
     assert "not a protobuf TouchpointEvent" in (header_value(letters[0], REASON_HEADER) or "")
     assert header_value(letters[0], SOURCE_OFFSET_HEADER) == str(poison.offset)
@@ -244,14 +240,7 @@ def test_corrupt_bundle_on_the_repartition_topic_is_dead_lettered_and_apply_cont
         "the event after the corrupt bundle",
         lambda: h.profile(CUSTOMER, after.identities.customer_id),
     )
-    letters = h.wait_for(
-        "the corrupt bundle's dead letter",
-        lambda: [
-            headers
-            for _, value, headers in h.records(h.kafka.touchpoints_dlq_topic)
-            if value == b"\xffcorrupt"
-        ],
-    )
+    letters = h.wait_for("the corrupt bundle's dead letter", lambda: h.dead_letters(b"\xffcorrupt"))
     assert len(letters) == 1
     assert "not a protobuf ProfileEventBundle" in (header_value(letters[0], REASON_HEADER) or "")
     assert header_value(letters[0], SOURCE_OFFSET_HEADER) == str(corrupt.offset)
