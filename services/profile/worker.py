@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ tracer = trace.get_tracer("cx.profile.worker")
 T = TypeVar("T")
 MAX_LINKS = 64
 HEARTBEAT_EVERY_S = 5.0
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
 kafka = kafka_settings()
@@ -230,10 +232,18 @@ async def freeze_heap_once_started() -> None:
 
 @app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]
 async def heartbeat() -> None:
-    """Tells the profile server this worker is alive (its gRPC health reports it)."""
-    key = f"{settings.key_prefix}worker:{socket.gethostname()}:{os.getpid()}"
+    """Tells the profile server this worker is alive (its gRPC health reports it).
+
+    One sorted set of workers scored by when their beat expires, so the server counts
+    live workers with one ZCOUNT instead of scanning the keyspace.
+    """
+    store = pipeline().store
+    now = time.time()
     with contextlib.suppress(RedisError, OSError):
-        await pipeline().store.client.set(key, "1", ex=int(HEARTBEAT_EVERY_S * 3))
+        async with store.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(store.keys.workers, {WORKER_NAME: now + HEARTBEAT_EVERY_S * 3})
+            pipe.zremrangebyscore(store.keys.workers, "-inf", now)
+            await pipe.execute()
 
 
 def main() -> None:

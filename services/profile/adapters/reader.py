@@ -100,8 +100,7 @@ class ProfileReader:
 
     def workers_alive(self) -> int:
         """Stream workers whose heartbeat has not expired."""
-        pattern = f"{self.settings.key_prefix}worker:*"
-        return sum(1 for _ in self.client.scan_iter(match=pattern, count=100))
+        return int(self.client.zcount(self.keys.workers, time.time(), "+inf"))
 
     def events(self, pid: str, start: int = 0, stop: int = -1) -> list[ev.TouchpointEvent]:
         raw = self.client.zrevrange(self.keys.profile(pid, "events"), start, stop)

@@ -80,6 +80,11 @@ class Keys:
         return f"{self.prefix}alias"
 
     @property
+    def workers(self) -> str:
+        """Stream workers, scored by when their heartbeat expires (epoch seconds)."""
+        return f"{self.prefix}workers"
+
+    @property
     def salt(self) -> str:
         return f"{self.prefix}erasure-salt"
 
