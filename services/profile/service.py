@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -22,7 +24,12 @@ from services.common.validation import (
     normalise_email,
     normalise_phone,
 )
-from services.profile.adapters.reader import ProfileReader, ProfileSplitter, SplitConflict
+from services.profile.adapters.reader import (
+    LoadedProfile,
+    ProfileReader,
+    ProfileSplitter,
+    SplitConflict,
+)
 from services.profile.domain.segments import Segment
 from services.profile.views import build_profile
 
@@ -99,6 +106,41 @@ def page_size(requested: int, default: int, maximum: int, field: str = "page_siz
     return min(requested or default, maximum)
 
 
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+Servicer = TypeVar("Servicer")
+Handler = Callable[[Servicer, Request, grpc.ServicerContext], Reply]
+
+
+def rpc(method: Handler[Servicer, Request, Reply]) -> Handler[Servicer, Request, Reply]:
+    """One place for what every call shares: a BadRequest anywhere in the handler is
+    INVALID_ARGUMENT naming the field, a concurrent split is ABORTED, and calls are
+    counted by RPC and status code."""
+    name = method.__name__
+
+    def fail(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+        REQUESTS.labels(name, code.name).inc()
+        context.abort(code, details)
+
+    @functools.wraps(method)
+    def handle(self: Servicer, request: Request, context: grpc.ServicerContext) -> Reply:
+        try:
+            reply = method(self, request, context)
+        except BadRequest as exc:
+            fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except SplitConflict as exc:
+            fail(context, grpc.StatusCode.ABORTED, str(exc))
+        except Exception:
+            # Set when the handler aborted; grpcio has code(), its type stubs omit it.
+            code = cast(Any, context).code()
+            REQUESTS.labels(name, code.name if code is not None else "UNKNOWN").inc()
+            raise
+        REQUESTS.labels(name, "OK").inc()
+        return reply
+
+    return handle
+
+
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     def __init__(
         self,
@@ -119,43 +161,41 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, "no profile holds that identifier")
         return pid
 
-    def GetProfile(
-        self, request: pb.GetProfileRequest, context: grpc.ServicerContext
-    ) -> pb.GetProfileResponse:
-        try:
-            if request.HasField("read_mask") and not request.read_mask.IsValidForDescriptor(
-                pb.Profile.DESCRIPTOR
-            ):
-                raise BadRequest("read_mask", f"unknown path in {list(request.read_mask.paths)}")
-            pid = self._profile_id(request.identifier, context)
-        except BadRequest as exc:
-            REQUESTS.labels("GetProfile", "INVALID_ARGUMENT").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    def _load(self, pid: str, context: grpc.ServicerContext) -> LoadedProfile:
         loaded = self.reader.load(pid)
         if loaded is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no profile holds that identifier")
+        return loaded
+
+    @rpc
+    def GetProfile(
+        self, request: pb.GetProfileRequest, context: grpc.ServicerContext
+    ) -> pb.GetProfileResponse:
+        if request.HasField("read_mask") and not request.read_mask.IsValidForDescriptor(
+            pb.Profile.DESCRIPTOR
+        ):
+            raise BadRequest("read_mask", f"unknown path in {list(request.read_mask.paths)}")
+        pid = self._profile_id(request.identifier, context)
+        loaded = self._load(pid, context)
         profile = build_profile(loaded, self.segments, _now_ms())
         if request.read_mask.paths:
             masked = pb.Profile()
             request.read_mask.MergeMessage(profile, masked)
             profile = masked
-        REQUESTS.labels("GetProfile", "OK").inc()
         return pb.GetProfileResponse(profile=profile)
 
+    @rpc
     def GetTimeline(
         self, request: pb.GetTimelineRequest, context: grpc.ServicerContext
     ) -> pb.GetTimelineResponse:
         limit = self.reader.settings.timeline_max_page
-        try:
-            size = page_size(request.page_size, DEFAULT_TIMELINE_PAGE, limit)
-            offset = decode_token(request.page_token)
-            kinds = set(request.event_types)
-            unknown = kinds - PAYLOAD_NAMES
-            if unknown:
-                raise BadRequest("event_types", f"unknown event types {sorted(unknown)}")
-            pid = self._profile_id(request.identifier, context)
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        size = page_size(request.page_size, DEFAULT_TIMELINE_PAGE, limit)
+        offset = decode_token(request.page_token)
+        kinds = set(request.event_types)
+        unknown = kinds - PAYLOAD_NAMES
+        if unknown:
+            raise BadRequest("event_types", f"unknown event types {sorted(unknown)}")
+        pid = self._profile_id(request.identifier, context)
         window = self.reader.settings.timeline_size
         entries: list[pb.TimelineEntry] = []
         position = offset
@@ -175,16 +215,14 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             entries=entries, next_page_token=encode_token(position) if more else ""
         )
 
+    @rpc
     def ListSegmentMembers(
         self, request: pb.ListSegmentMembersRequest, context: grpc.ServicerContext
     ) -> pb.ListSegmentMembersResponse:
-        try:
-            if request.segment not in self.segment_names:
-                raise BadRequest("segment", f"unknown segment {request.segment!r}")
-            size = page_size(request.page_size, DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE)
-            offset = decode_token(request.page_token)
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.segment not in self.segment_names:
+            raise BadRequest("segment", f"unknown segment {request.segment!r}")
+        size = page_size(request.page_size, DEFAULT_MEMBERS_PAGE, MAX_MEMBERS_PAGE)
+        offset = decode_token(request.page_token)
         members, total = self.reader.segment_members(request.segment, offset, size)
         following = offset + len(members)
         return pb.ListSegmentMembersResponse(
@@ -193,41 +231,32 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             next_page_token=encode_token(following) if following < total else "",
         )
 
+    @rpc
     def RemoveIdentifier(
         self, request: pb.RemoveIdentifierRequest, context: grpc.ServicerContext
     ) -> pb.RemoveIdentifierResponse:
-        try:
-            kind, value = parse_person_identifier(request.identifier)
-            pid = self._profile_id(request.identifier, context)
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        loaded = self.reader.load(pid)
-        if loaded is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no profile holds that identifier")
+        kind, value = parse_person_identifier(request.identifier)
+        pid = self._profile_id(request.identifier, context)
+        loaded = self._load(pid, context)
         if len(loaded.stored.ids) < 2:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "identifier: it is the profile's only one"
             )
-        try:
-            new_pid = self.splitter.remove_identifier(pid, f"{kind}:{value}")
-        except SplitConflict as exc:
-            context.abort(grpc.StatusCode.ABORTED, str(exc))
+        new_pid = self.splitter.remove_identifier(pid, f"{kind}:{value}")
         return pb.RemoveIdentifierResponse(profile_id=pid, new_profile_id=new_pid)
 
+    @rpc
     def UnmergeProfile(
         self, request: pb.UnmergeProfileRequest, context: grpc.ServicerContext
     ) -> pb.UnmergeProfileResponse:
         if not request.profile_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "profile_id: is required")
+            raise BadRequest("profile_id", "is required")
         if not request.merged_profile_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "merged_profile_id: is required")
+            raise BadRequest("merged_profile_id", "is required")
         pid = self.reader.profile_id("pid", request.profile_id)
         if pid is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "profile_id: no such profile")
-        try:
-            restored = self.splitter.unmerge(pid, request.merged_profile_id)
-        except SplitConflict as exc:
-            context.abort(grpc.StatusCode.ABORTED, str(exc))
+        restored = self.splitter.unmerge(pid, request.merged_profile_id)
         if restored is None:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -235,15 +264,13 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             )
         return pb.UnmergeProfileResponse(profile_id=pid, restored_profile_id=restored)
 
+    @rpc
     def UpdateConsent(
         self, request: pb.UpdateConsentRequest, context: grpc.ServicerContext
     ) -> pb.UpdateConsentResponse:
-        try:
-            kind, value = parse_person_identifier(request.identifier)
-            if request.purpose == ev.ConsentChange.PURPOSE_UNSPECIFIED:
-                raise BadRequest("purpose", "is required")
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        kind, value = parse_person_identifier(request.identifier)
+        if request.purpose == ev.ConsentChange.PURPOSE_UNSPECIFIED:
+            raise BadRequest("purpose", "is required")
         if self.publisher is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "consent updates are not configured")
         field = {"c": "customer_id", "a": "anonymous_id", "e": "email", "p": "phone"}[kind]
@@ -267,28 +294,22 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(outcome))
         return pb.UpdateConsentResponse(event_id=event.event_id)
 
+    @rpc
     def ExportProfile(
         self, request: pb.ExportProfileRequest, context: grpc.ServicerContext
     ) -> pb.ExportProfileResponse:
-        try:
-            pid = self._profile_id(request.identifier, context)
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        loaded = self.reader.load(pid)
-        if loaded is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no profile holds that identifier")
+        pid = self._profile_id(request.identifier, context)
+        loaded = self._load(pid, context)
         return pb.ExportProfileResponse(
             profile=build_profile(loaded, self.segments, _now_ms()),
             events=self.reader.events(pid),
         )
 
+    @rpc
     def EraseProfile(
         self, request: pb.EraseProfileRequest, context: grpc.ServicerContext
     ) -> pb.EraseProfileResponse:
-        try:
-            pid = self._profile_id(request.identifier, context)
-        except BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        pid = self._profile_id(request.identifier, context)
         deleted, suppressed = self.reader.erase(pid)
         return pb.EraseProfileResponse(
             profile_id=pid, keys_deleted=deleted, identifiers_suppressed=suppressed
