@@ -26,6 +26,7 @@ from services.common.dead_letter import (
     SourceRecord,
     TouchpointDecoder,
     dead_letter,
+    decode_touchpoint,
 )
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
 from services.profile.domain.changes import compute_changes
@@ -83,14 +84,7 @@ def read_bundle(
     if value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
     if key:
-        event = ev.TouchpointEvent()
-        try:
-            event.ParseFromString(value)
-        except DecodeError as exc:
-            raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "value") from exc
-        if not event.event_id:
-            raise InvalidRecord("event id is empty", "event_id")
-        return [(key.decode(errors="replace"), event)]
+        return [(key.decode(errors="replace"), decode_touchpoint(value))]
     bundle = stream_pb2.ProfileEventBundle()
     try:
         bundle.ParseFromString(value)
@@ -168,10 +162,7 @@ class ProfilePipeline:
                     "no identifier can be linked: every identifier is on the blocked list",
                     "identities",
                 )
-                outcome.dead_letters.append(
-                    dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
-                )
-                RECORDS.labels("dead_lettered").inc()
+                outcome.dead_letters.append(self._dead_letter(record, error))
         RECORDS.labels("forwarded").inc(len(outcome.forwards))
         return outcome
 
@@ -181,11 +172,12 @@ class ProfilePipeline:
             try:
                 out.items.extend(read_bundle(record.value, record.key))
             except InvalidRecord as error:
-                out.dead_letters.append(
-                    dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
-                )
-                RECORDS.labels("dead_lettered").inc()
+                out.dead_letters.append(self._dead_letter(record, error))
         return out
+
+    def _dead_letter(self, record: SourceRecord, error: InvalidRecord) -> DeadLetter:
+        RECORDS.labels("dead_lettered").inc()
+        return dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
 
     async def apply(self, items: Sequence[tuple[str, ev.TouchpointEvent]]) -> ApplyOutcome:
         statuses, profiles = await self.store.apply(

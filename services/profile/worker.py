@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link
 from redis.exceptions import RedisError
 
-from services.common.dead_letter import SourceRecord
+from services.common.dead_letter import DeadLetter, SourceRecord
 from services.common.gc_tuning import freeze_startup_heap
 from services.common.logs import setup_logging
 from services.common.settings import kafka_settings, metrics_ports, redis_settings
@@ -152,13 +152,22 @@ def _fatal(exc: BaseException) -> None:
     os._exit(70)
 
 
-async def resolve_batch(events: Sequence[Any]) -> None:
-    records = [_source_record(e.message) for e in events]
-    with tracer.start_as_current_span(
-        "profile.resolve",
+def _batch_span(name: str, records: Sequence[SourceRecord]) -> Any:
+    """A span for one batch, linked to the spans of (up to MAX_LINKS of) its records."""
+    return tracer.start_as_current_span(
+        name,
         links=_links([r.headers for r in records]),
         attributes={"messaging.batch.message_count": len(records)},
-    ):
+    )
+
+
+async def _send_dead_letters(letters: Sequence[DeadLetter]) -> list[Awaitable[Any]]:
+    return [await dlq_topic.send(key=d.key, value=d.value, headers=d.headers) for d in letters]
+
+
+async def resolve_batch(events: Sequence[Any]) -> None:
+    records = [_source_record(e.message) for e in events]
+    with _batch_span("profile.resolve", records):
         p = pipeline()
         outcome = await retrying("identity resolution", lambda: p.resolve(records))
         headers = inject_kafka_headers()
@@ -166,27 +175,16 @@ async def resolve_batch(events: Sequence[Any]) -> None:
             await profile_events.send(value=bundle, partition=partition, headers=headers)
             for partition, bundle in bundle_forwards(outcome.forwards, partition_of).items()
         ]
-        sends += [
-            await dlq_topic.send(key=d.key, value=d.value, headers=d.headers)
-            for d in outcome.dead_letters
-        ]
+        sends += await _send_dead_letters(outcome.dead_letters)
         await asyncio.gather(*sends)
 
 
 async def apply_batch(events: Sequence[Any]) -> None:
     records = [_source_record(e.message) for e in events]
-    with tracer.start_as_current_span(
-        "profile.apply",
-        links=_links([r.headers for r in records]),
-        attributes={"messaging.batch.message_count": len(records)},
-    ):
+    with _batch_span("profile.apply", records):
         p = pipeline()
         unbundled = p.unbundle(records)
-        letters = [
-            await dlq_topic.send(key=d.key, value=d.value, headers=d.headers)
-            for d in unbundled.dead_letters
-        ]
-        await asyncio.gather(*letters)
+        await asyncio.gather(*await _send_dead_letters(unbundled.dead_letters))
         items = unbundled.items
         for start in range(0, len(items), settings.batch_size):
             await _apply_chunk(p, items[start : start + settings.batch_size])
