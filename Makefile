@@ -8,7 +8,7 @@ PY := .venv/bin/python
 STACK := deploy/local/stack.sh
 GEN := services/common/gen
 
-.PHONY: help install protos check-protos lint fmt typecheck up down status test unit integration demo bench clean
+.PHONY: help install protos check-protos lint fmt typecheck up down status test unit integration chaos demo bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ unit: .venv/.synced ## Unit tests only (no broker)
 
 test: install lint ## Install, start the stack, run unit and integration tests, stop what it started
 	@bash scripts/with-stack.sh .venv/bin/pytest
+
+chaos: install ## Every test, the slow fault suite included (the broker and Redis killed mid-stream)
+	@bash scripts/with-stack.sh .venv/bin/pytest -m "chaos or not chaos" -s
 
 demo: install ## Bring the stack up and run the journey generator with a live summary
 	@bash $(STACK) up
