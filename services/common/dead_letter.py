@@ -28,6 +28,8 @@ SOURCE_PARTITION_HEADER = "cx-dlq-source-partition"
 SOURCE_OFFSET_HEADER = "cx-dlq-source-offset"
 CONSUMER_HEADER = "cx-dlq-consumer"
 FAILED_AT_HEADER = "cx-dlq-failed-at"
+# Set when the broker refused the dead letter with its value (at the size limit).
+VALUE_OMITTED_HEADER = "cx-dlq-value-omitted"
 
 
 class InvalidRecord(Exception):
@@ -72,8 +74,8 @@ def decode_touchpoint(
 ) -> ev.TouchpointEvent:
     """Parses and validates one record value; raises InvalidRecord when it is not valid.
 
-    Future timestamps are judged against the record's own time, so a replay of old
-    records does not fail on them.
+    Future timestamps are judged against the record's own time (or this clock, when that
+    is earlier), so a replay of old records does not fail on them.
     """
     if value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
@@ -83,9 +85,13 @@ def decode_touchpoint(
     event = ev.TouchpointEvent()
     try:
         event.ParseFromString(value)
-    except DecodeError as exc:
+    except (DecodeError, ValueError, RecursionError) as exc:
         raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "value") from exc
-    violations = normalise_and_validate(event, now=record_time)
+    # A record's time is the producer's to set: never later than this consumer's clock,
+    # so an event cannot pass as "not in the future" by claiming a future record time.
+    wall = datetime.now(UTC)
+    judged_at = wall if record_time is None else min(record_time, wall)
+    violations = normalise_and_validate(event, now=judged_at)
     if violations:
         raise InvalidRecord("; ".join(map(str, violations)), violations[0].field)
     return event

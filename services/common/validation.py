@@ -3,6 +3,13 @@
 Pure functions, shared by ingestion (which rejects bad events) and by consumers (which
 dead-letter records that other producers wrote). Field paths use the protobuf field names,
 for example `identities.email` or `survey_response.score`.
+
+The validator bounds everything a later stage must carry, whatever field it is in: the
+event's size, nesting depth, every string's length, every list's length, every timestamp
+and duration (so converting one can never raise), and finite numbers in free-form
+structs. An accepted event therefore always fits in a repartition bundle, parses inside
+any wrapper message, and can be stored and derived; and `normalise_and_validate` never
+raises, whatever bytes another producer wrote.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cx.events.v1 import touchpoint_pb2 as ev
-from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
@@ -48,6 +57,14 @@ class Violation:
 class Limits:
     max_event_bytes: int = 64 * 1024
     max_properties_bytes: int = 8 * 1024
+    # Nesting of structs and lists inside `properties` and `identify.traits`. Protobuf
+    # refuses to parse messages nested deeper than 100 levels, and each level here costs
+    # three (Struct, its map entry, Value): ten keeps an event far inside that limit even
+    # inside the wrapper messages of later stages.
+    max_struct_depth: int = 10
+    # Any string field without a tighter rule, and any list.
+    max_string_len: int = MAX_TEXT_LEN
+    max_list_len: int = 200
     # How far ahead of the receiver's clock an event may claim to have happened.
     max_future_skew: timedelta = timedelta(minutes=5)
     earliest_occurred_at: datetime = datetime(2000, 1, 1, tzinfo=UTC)
@@ -336,6 +353,116 @@ def _check_envelope(c: _Checker, event: ev.TouchpointEvent, now: datetime, limit
             c.add("properties", f"is {size} bytes, more than {limits.max_properties_bytes}")
 
 
+# Timestamp range of RFC 3339 (0001-01-01 to 9999-12-31), which protobuf's conversions take.
+_MIN_TIMESTAMP_S = -62_135_596_800
+_MAX_TIMESTAMP_S = 253_402_300_799
+_MAX_DURATION_S = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
+def valid_timestamp(ts: timestamp_pb2.Timestamp) -> bool:
+    seconds, nanos = ts.seconds, ts.nanos
+    return _MIN_TIMESTAMP_S <= seconds <= _MAX_TIMESTAMP_S and 0 <= nanos < _NANOS
+
+
+def _check_duration(c: _Checker, field: str, d: duration_pb2.Duration) -> None:
+    seconds, nanos = d.seconds, d.nanos
+    if abs(seconds) > _MAX_DURATION_S or abs(nanos) >= _NANOS:
+        c.add(field, "is not a valid duration (seconds within +/-10000 years, |nanos| < 1e9)")
+    elif (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
+        c.add(field, "is not a valid duration (seconds and nanos must have the same sign)")
+
+
+def _finite(number: float) -> bool:
+    return number - number == 0.0  # False for NaN and both infinities
+
+
+def _check_struct_value(
+    c: _Checker, field: str, value: struct_pb2.Value, depth: int, limits: Limits
+) -> None:
+    """A google.protobuf.Value: nesting bounded, numbers finite (JSON has no NaN)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not _finite(value.number_value):
+            c.add(field, "is not a finite number")
+    elif kind == "struct_value":
+        _check_struct(c, field, value.struct_value, depth + 1, limits)
+    elif kind == "list_value":
+        items = value.list_value.values
+        if depth + 1 > limits.max_struct_depth:
+            c.add(field, f"is nested more than {limits.max_struct_depth} levels deep")
+        elif len(items) > limits.max_list_len:
+            c.add(field, f"has {len(items)} items, more than {limits.max_list_len}")
+        else:
+            for i, item in enumerate(items):
+                _check_struct_value(c, f"{field}[{i}]", item, depth + 1, limits)
+
+
+def _check_struct(
+    c: _Checker, field: str, struct: struct_pb2.Struct, depth: int, limits: Limits
+) -> None:
+    if depth > limits.max_struct_depth:
+        c.add(field, f"is nested more than {limits.max_struct_depth} levels deep")
+        return
+    for key, value in struct.fields.items():
+        if len(key) > MAX_ID_LEN:
+            c.add(f"{field}.{key[:40]}", f"is a key longer than {MAX_ID_LEN} characters")
+        elif value.WhichOneof("kind") in _NESTED_OR_NUMBER:
+            _check_struct_value(c, f"{field}.{key}", value, depth, limits)
+
+
+_NESTED_OR_NUMBER = {"number_value", "struct_value", "list_value"}
+_STRING = FieldDescriptor.TYPE_STRING
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_CHECKED = {_STRING, _MESSAGE, FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+
+
+def _check_bounds(c: _Checker, message: Message, prefix: str, limits: Limits) -> None:
+    """Bounds every set field of a message, recursively, whatever its type.
+
+    Typed checks that follow may assume what this guarantees: timestamps and durations
+    convert, structs are shallow, numbers are finite, strings and lists are bounded.
+    Field paths are only built for violations: this runs for every event.
+    """
+    for fd, value in message.ListFields():
+        kind = fd.type
+        if fd.is_repeated:
+            if len(value) > limits.max_list_len:
+                c.add(prefix + fd.name, f"has {len(value)} items, more than {limits.max_list_len}")
+            elif kind in _CHECKED:
+                for i, item in enumerate(value):
+                    _check_bounds_one(c, kind, prefix, f"{fd.name}[{i}]", item, limits)
+        elif kind in _CHECKED:
+            _check_bounds_one(c, kind, prefix, fd.name, value, limits)
+
+
+def _check_bounds_one(
+    c: _Checker, kind: int, prefix: str, name: str, value: Any, limits: Limits
+) -> None:
+    if kind == _STRING:
+        if len(value) > limits.max_string_len:
+            c.add(prefix + name, f"is longer than {limits.max_string_len} characters")
+    elif kind == _MESSAGE:
+        if isinstance(value, timestamp_pb2.Timestamp):
+            if not valid_timestamp(value):
+                c.add(
+                    prefix + name,
+                    "is not a valid timestamp (0001-01-01 to 9999-12-31, 0 <= nanos < 1e9)",
+                )
+        elif isinstance(value, duration_pb2.Duration):
+            _check_duration(c, prefix + name, value)
+        elif isinstance(value, struct_pb2.Struct):
+            _check_struct(c, prefix + name, value, 1, limits)
+        elif isinstance(value, struct_pb2.Value):
+            _check_struct_value(c, prefix + name, value, 1, limits)
+        elif isinstance(value, struct_pb2.ListValue):
+            _check_struct_value(c, prefix + name, struct_pb2.Value(list_value=value), 0, limits)
+        else:
+            _check_bounds(c, value, f"{prefix}{name}.", limits)
+    elif not _finite(value):
+        c.add(prefix + name, "is not a finite number")
+
+
 def normalise_and_validate(
     event: ev.TouchpointEvent,
     *,
@@ -348,17 +475,24 @@ def normalise_and_validate(
     judged against (consumers pass the record's timestamp).
     """
     c = _Checker()
-    size = event.ByteSize()
-    if size > limits.max_event_bytes:
-        c.add("event", f"is {size} bytes, more than {limits.max_event_bytes}")
-        return c.violations
-    normalise_identities(event.identities)
-    _check_envelope(c, event, now or datetime.now(UTC), limits)
-    kind = event.WhichOneof("payload")
-    if kind is None:
-        c.add("payload", "is required: set one event type such as page_view or order_placed")
-    else:
-        PAYLOAD_CHECKS[kind](c, event)
+    try:
+        size = event.ByteSize()
+        if size > limits.max_event_bytes:
+            c.add("event", f"is {size} bytes, more than {limits.max_event_bytes}")
+            return c.violations
+        _check_bounds(c, event, "", limits)
+        if c.violations:
+            # The typed checks below assume these bounds hold.
+            return c.violations
+        normalise_identities(event.identities)
+        _check_envelope(c, event, now or datetime.now(UTC), limits)
+        kind = event.WhichOneof("payload")
+        if kind is None:
+            c.add("payload", "is required: set one event type such as page_view or order_placed")
+        else:
+            PAYLOAD_CHECKS[kind](c, event)
+    except Exception as exc:  # a validator that raises would stop a stream: never
+        c.add("event", f"cannot be validated ({type(exc).__name__}: {exc})")
     return c.violations
 
 

@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
@@ -20,20 +23,23 @@ from cx.profile.v1 import stream_pb2
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
+from services.common.batches import failure_reason, process_isolating, retry_infrastructure
 from services.common.dead_letter import (
+    VALUE_OMITTED_HEADER,
     DeadLetter,
     InvalidRecord,
     SourceRecord,
     TouchpointDecoder,
     dead_letter,
-    decode_touchpoint,
 )
+from services.common.telemetry import KafkaHeaders
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
 from services.profile.domain.changes import compute_changes
 from services.profile.domain.derive import derive
 from services.profile.domain.effects import effects_of
 from services.profile.domain.segments import Segment, evaluate
 
+log = logging.getLogger(__name__)
 RECORDS = Counter(
     "cx_profile_records", "Touchpoint records read by the profile worker", ["outcome"]
 )
@@ -56,48 +62,84 @@ class Forward:
     event: ev.TouchpointEvent
 
 
+# A bundle stays well under Kafka's limits (the producer's 1,000,000-byte request, the
+# topic's 1 MiB message): an event is at most 64 KiB (validation), so a bundle is split
+# before the one that would take it past this size, however large its events are.
+MAX_BUNDLE_BYTES = 512 * 1024
+# What one entry costs besides the event's and profile id's bytes (tags and lengths).
+_ENTRY_OVERHEAD = 16
+
+
 def bundle_forwards(
-    forwards: Sequence[Forward], partition_of: Callable[[bytes], int]
-) -> dict[int, bytes]:
-    """One serialized `ProfileEventBundle` per target partition, events in batch order.
+    forwards: Sequence[Forward],
+    partition_of: Callable[[bytes], int],
+    max_bytes: int = MAX_BUNDLE_BYTES,
+) -> list[tuple[int, bytes]]:
+    """Serialized `ProfileEventBundle`s with their target partitions, events in batch order.
 
-    `partition_of` maps a profile id (as the record key it stands for) to its partition.
+    One bundle per partition unless its events exceed `max_bytes`, then as many as it
+    takes, in order. `partition_of` maps a profile id (as the record key it stands for)
+    to its partition.
     """
-    bundles: dict[int, stream_pb2.ProfileEventBundle] = {}
+    bundles: list[tuple[int, stream_pb2.ProfileEventBundle]] = []
+    open_bundle: dict[int, tuple[stream_pb2.ProfileEventBundle, list[int]]] = {}
     for f in forwards:
+        raw = f.event.SerializeToString()
+        cost = len(raw) + len(f.profile_id) + _ENTRY_OVERHEAD
         partition = partition_of(f.profile_id.encode())
-        bundle = bundles.get(partition)
-        if bundle is None:
-            bundle = bundles[partition] = stream_pb2.ProfileEventBundle()
-        bundle.events.add(profile_id=f.profile_id, event=f.event)
-    return {partition: b.SerializeToString() for partition, b in bundles.items()}
+        current = open_bundle.get(partition)
+        if current is None or (current[0].events and current[1][0] + cost > max_bytes):
+            bundle = stream_pb2.ProfileEventBundle()
+            bundles.append((partition, bundle))
+            current = open_bundle[partition] = (bundle, [0])
+        current[0].events.add(profile_id=f.profile_id, event=raw)
+        current[1][0] += cost
+    return [(partition, b.SerializeToString()) for partition, b in bundles]
 
 
-def read_bundle(
-    value: bytes | None, key: bytes | None = None
-) -> list[tuple[str, ev.TouchpointEvent]]:
-    """The (profile id, event) pairs of one bundle record; InvalidRecord when corrupt.
+def read_bundle(value: bytes | None, key: bytes | None = None) -> list[tuple[str, bytes]]:
+    """The (profile id, serialized event) pairs of one bundle record.
 
+    Raises InvalidRecord only when the record itself is not a bundle: the events are
+    bytes, so a bundle parses whatever they hold, and each is decoded on its own.
     Bundles have no key. A keyed record is one event keyed by its profile id, as workers
     before the bundles wrote them: still applied, so an upgrade loses nothing in flight.
     """
     if value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
     if key:
-        return [(key.decode(errors="replace"), decode_touchpoint(value))]
+        return [(key.decode(errors="replace"), value)]
     bundle = stream_pb2.ProfileEventBundle()
     try:
         bundle.ParseFromString(value)
     except DecodeError as exc:
         raise InvalidRecord(f"not a protobuf ProfileEventBundle: {exc}", "value") from exc
-    items = []
-    for i, item in enumerate(bundle.events):
-        if not item.profile_id:
-            raise InvalidRecord("profile id is empty", f"events[{i}].profile_id")
-        if not item.event.event_id:
-            raise InvalidRecord("event id is empty", f"events[{i}].event.event_id")
-        items.append((item.profile_id, item.event))
-    return items
+    return [(item.profile_id, item.event) for item in bundle.events]
+
+
+def decode_bundled(profile_id: str, raw: bytes) -> ev.TouchpointEvent:
+    """One event of a bundle, as identity resolution forwarded it; InvalidRecord if not."""
+    if not profile_id:
+        raise InvalidRecord("profile id is empty", "profile_id")
+    event = ev.TouchpointEvent()
+    try:
+        event.ParseFromString(raw)
+    except DecodeError as exc:
+        raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "event") from exc
+    if not event.event_id:
+        raise InvalidRecord("event id is empty", "event.event_id")
+    return event
+
+
+@dataclass(frozen=True)
+class BundledEvent:
+    """One event read from a bundle, with where it came from (for its dead letter)."""
+
+    profile_id: str
+    event: ev.TouchpointEvent
+    # The bundle's position, with this event's bytes as the value: a dead letter of one
+    # event keeps that event's original bytes, not the whole bundle.
+    source: SourceRecord
 
 
 @dataclass
@@ -109,7 +151,7 @@ class ResolveOutcome:
 
 @dataclass
 class Unbundled:
-    items: list[tuple[str, ev.TouchpointEvent]] = field(default_factory=list)
+    items: list[BundledEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
@@ -120,21 +162,119 @@ class ApplyOutcome:
     updates: list[SnapshotUpdate]
 
 
+@dataclass(frozen=True)
+class OutRecord:
+    """A record to produce. No headers: the sender adds the current trace context."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    partition: int | None = None
+    headers: KafkaHeaders | None = None
+
+
+class RecordSender(Protocol):
+    async def send(self, records: Sequence[OutRecord]) -> None:
+        """Produces the records, returning once the broker acknowledged every one."""
+
+
 class ProfilePipeline:
+    """The worker's two stages on batches of consumed records, without Kafka.
+
+    `process_touchpoints` and `process_bundles` are what the worker runs per batch: they
+    return once every effect is stored and every record they produce is acknowledged, so
+    the caller may commit the batch's offsets. Infrastructure failures are retried in
+    place; a record or event that fails for any other reason is dead-lettered alone.
+    """
+
     def __init__(
         self,
         store: ProfileStore,
         segments: Sequence[Segment],
         *,
         dlq_topic: str,
+        events_topic: str = "",
+        changes_topic: str = "",
+        partition_of: Callable[[bytes], int] = lambda _: 0,
+        batch_size: int = 500,
         consumer: str = "cx-profile",
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.store = store
         self.segments = list(segments)
         self.dlq_topic = dlq_topic
+        self.events_topic = events_topic
+        self.changes_topic = changes_topic
+        self.partition_of = partition_of
+        self.batch_size = batch_size
         self.consumer = consumer
         self.now_ms = now_ms
+
+    async def process_touchpoints(
+        self, records: Sequence[SourceRecord], sender: RecordSender
+    ) -> None:
+        """Stage 1: resolve profiles, forward bundles, dead-letter what is not valid."""
+
+        async def resolve_and_forward(batch: Sequence[SourceRecord]) -> None:
+            outcome = await retry_infrastructure("identity resolution", lambda: self.resolve(batch))
+            bundles = [
+                OutRecord(self.events_topic, bundle, partition=partition)
+                for partition, bundle in bundle_forwards(outcome.forwards, self.partition_of)
+            ]
+            await retry_infrastructure("forward", lambda: sender.send(bundles))
+            await self.send_dead_letters(outcome.dead_letters, sender)
+
+        async def poison(record: SourceRecord, exc: Exception) -> None:
+            log.error(
+                "%s/%s@%s dead-lettered: %r", record.topic, record.partition, record.offset, exc
+            )
+            await self.send_dead_letters([self.dead_letter_failed(record, exc)], sender)
+
+        await process_isolating(records, resolve_and_forward, poison, what="resolve")
+
+    async def process_bundles(self, records: Sequence[SourceRecord], sender: RecordSender) -> None:
+        """Stage 2: apply bundled events, publish change events, dead-letter bad events."""
+        unbundled = self.unbundle(records)
+        await self.send_dead_letters(unbundled.dead_letters, sender)
+
+        async def apply_and_publish(items: Sequence[BundledEvent]) -> None:
+            outcome = await retry_infrastructure("apply", lambda: self.apply(items))
+            changes = [
+                OutRecord(self.changes_topic, c.SerializeToString(), key=c.profile_id.encode())
+                for c in outcome.changes
+            ]
+            await retry_infrastructure("change events", lambda: sender.send(changes))
+            await retry_infrastructure("publish", lambda: self.store.publish(outcome.updates))
+
+        async def poison(item: BundledEvent, exc: Exception) -> None:
+            log.error("event %s dead-lettered: %r", item.event.event_id, exc)
+            await self.send_dead_letters([self.dead_letter_failed(item.source, exc)], sender)
+
+        items = unbundled.items
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            await process_isolating(chunk, apply_and_publish, poison, what="apply")
+
+    async def send_dead_letters(self, letters: Sequence[DeadLetter], sender: RecordSender) -> None:
+        """Sends dead letters (before the caller commits). One the broker refuses (an
+        original value at the size limit, plus the reason headers) goes without its
+        value, saying so in a header, rather than stopping the stream."""
+        if not letters:
+            return
+        records = [OutRecord(d.topic, d.value, key=d.key, headers=d.headers) for d in letters]
+        try:
+            await retry_infrastructure("dead letters", lambda: sender.send(records))
+            return
+        except Exception as exc:
+            log.error("dead letters refused (%r); sending them one by one", exc)
+        for record in records:
+            try:
+                await retry_infrastructure("dead letter", functools.partial(sender.send, [record]))
+            except Exception as exc:
+                note = f"{len(record.value or b'')} bytes: {type(exc).__name__}: {exc}"
+                headers = [*(record.headers or []), (VALUE_OMITTED_HEADER, note.encode())]
+                bare = replace(record, value=None, headers=headers)
+                await retry_infrastructure("dead letter", functools.partial(sender.send, [bare]))
 
     async def resolve(self, records: Sequence[SourceRecord]) -> ResolveOutcome:
         sink = _ListSink()
@@ -167,21 +307,37 @@ class ProfilePipeline:
         return outcome
 
     def unbundle(self, records: Sequence[SourceRecord]) -> Unbundled:
+        """The events of bundle records; a record or an event that cannot be read is a
+        dead letter on its own, the rest go on."""
         out = Unbundled()
         for record in records:
             try:
-                out.items.extend(read_bundle(record.value, record.key))
+                pairs = read_bundle(record.value, record.key)
             except InvalidRecord as error:
                 out.dead_letters.append(self._dead_letter(record, error))
+                continue
+            for i, (profile_id, raw) in enumerate(pairs):
+                source = replace(record, key=profile_id.encode(), value=raw)
+                try:
+                    event = decode_bundled(profile_id, raw)
+                except InvalidRecord as error:
+                    located = InvalidRecord(error.reason, f"events[{i}].{error.field}")
+                    out.dead_letters.append(self._dead_letter(source, located))
+                    continue
+                out.items.append(BundledEvent(profile_id, event, source))
         return out
+
+    def dead_letter_failed(self, record: SourceRecord, exc: Exception) -> DeadLetter:
+        """The dead letter of a record (or bundled event) whose processing failed."""
+        return self._dead_letter(record, InvalidRecord(failure_reason(exc)))
 
     def _dead_letter(self, record: SourceRecord, error: InvalidRecord) -> DeadLetter:
         RECORDS.labels("dead_lettered").inc()
         return dead_letter(record, error, dlq_topic=self.dlq_topic, consumer=self.consumer)
 
-    async def apply(self, items: Sequence[tuple[str, ev.TouchpointEvent]]) -> ApplyOutcome:
+    async def apply(self, items: Sequence[BundledEvent]) -> ApplyOutcome:
         statuses, profiles = await self.store.apply(
-            [ToApply(pid, event, effects_of(event)) for pid, event in items]
+            [ToApply(item.profile_id, item.event, effects_of(item.event)) for item in items]
         )
         for status, count in collections.Counter(statuses).items():
             APPLIED.labels(status).inc(count)

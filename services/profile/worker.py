@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link
 from redis.exceptions import RedisError
 
-from services.common.dead_letter import DeadLetter, SourceRecord
+from services.common.dead_letter import SourceRecord
 from services.common.gc_tuning import freeze_startup_heap
 from services.common.logs import setup_logging
 from services.common.settings import kafka_settings, metrics_ports, redis_settings
@@ -48,7 +48,7 @@ from services.common.telemetry import (
 )
 from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
-from services.profile.pipeline import ProfilePipeline, bundle_forwards
+from services.profile.pipeline import OutRecord, ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
 
 log = logging.getLogger("cx.profile.worker")
@@ -90,20 +90,16 @@ def pipeline() -> ProfilePipeline:
     if _pipeline is None:
         client = aioredis.Redis.from_url(redis_settings().redis_url)
         store = ProfileStore(client, settings, Guardrails.load(settings.identity_file))
-        _pipeline = ProfilePipeline(store, load_segments(), dlq_topic=kafka.touchpoints_dlq_topic)
+        _pipeline = ProfilePipeline(
+            store,
+            load_segments(),
+            dlq_topic=kafka.touchpoints_dlq_topic,
+            events_topic=kafka.profile_events_topic,
+            changes_topic=kafka.profile_changes_topic,
+            partition_of=partition_of,
+            batch_size=settings.batch_size,
+        )
     return _pipeline
-
-
-async def retrying(what: str, step: Callable[[], Awaitable[T]]) -> T:
-    """Retries transient failures in place: the batch is never acked unapplied."""
-    delay = 0.1
-    while True:
-        try:
-            return await step()
-        except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _headers(message: Any) -> KafkaHeaders:
@@ -161,46 +157,41 @@ def _batch_span(name: str, records: Sequence[SourceRecord]) -> Any:
     )
 
 
-async def _send_dead_letters(letters: Sequence[DeadLetter]) -> list[Awaitable[Any]]:
-    return [await dlq_topic.send(key=d.key, value=d.value, headers=d.headers) for d in letters]
+class FaustSender:
+    """Produces through the Faust app's producer; trace context added where none is set."""
+
+    def __init__(self, topics: dict[str, Any]) -> None:
+        self._topics = topics
+
+    async def send(self, records: Sequence[OutRecord]) -> None:
+        if not records:
+            return
+        context_headers = inject_kafka_headers()
+        acks = [
+            await self._topics[r.topic].send(
+                key=r.key,
+                value=r.value,
+                partition=r.partition,
+                headers=context_headers if r.headers is None else list(r.headers),
+            )
+            for r in records
+        ]
+        await asyncio.gather(*acks)
+
+
+_sender = FaustSender({t.get_topic_name(): t for t in (profile_events, changes_topic, dlq_topic)})
 
 
 async def resolve_batch(events: Sequence[Any]) -> None:
     records = [_source_record(e.message) for e in events]
     with _batch_span("profile.resolve", records):
-        p = pipeline()
-        outcome = await retrying("identity resolution", lambda: p.resolve(records))
-        headers = inject_kafka_headers()
-        sends = [
-            await profile_events.send(value=bundle, partition=partition, headers=headers)
-            for partition, bundle in bundle_forwards(outcome.forwards, partition_of).items()
-        ]
-        sends += await _send_dead_letters(outcome.dead_letters)
-        await asyncio.gather(*sends)
+        await pipeline().process_touchpoints(records, _sender)
 
 
 async def apply_batch(events: Sequence[Any]) -> None:
     records = [_source_record(e.message) for e in events]
     with _batch_span("profile.apply", records):
-        p = pipeline()
-        unbundled = p.unbundle(records)
-        await asyncio.gather(*await _send_dead_letters(unbundled.dead_letters))
-        items = unbundled.items
-        for start in range(0, len(items), settings.batch_size):
-            await _apply_chunk(p, items[start : start + settings.batch_size])
-
-
-async def _apply_chunk(p: ProfilePipeline, items: Sequence[tuple[str, Any]]) -> None:
-    outcome = await retrying("apply", lambda: p.apply(items))
-    headers = inject_kafka_headers()
-    sends = [
-        await changes_topic.send(
-            key=c.profile_id.encode(), value=c.SerializeToString(), headers=headers
-        )
-        for c in outcome.changes
-    ]
-    await asyncio.gather(*sends)
-    await retrying("publish", lambda: p.store.publish(outcome.updates))
+        await pipeline().process_bundles(records, _sender)
 
 
 async def _each_batch(
@@ -210,6 +201,8 @@ async def _each_batch(
         try:
             await handle(events)
         except Exception as exc:
+            # Input failures are dead-lettered and infrastructure failures retried inside
+            # `handle`: what reaches here is a fault of the worker itself.
             _fatal(exc)
 
 

@@ -73,8 +73,21 @@ def test_decoder_dead_letters_bad_records_with_original_bytes_and_reason() -> No
 
 def test_future_events_are_judged_against_record_time() -> None:
     event = page_view()
+    event.occurred_at.FromDatetime(datetime(2024, 1, 1, 0, 4, tzinfo=UTC))
+    replayed = datetime(2024, 1, 1, 0, 1, tzinfo=UTC)
+    assert dl.decode_touchpoint(event.SerializeToString(), record_time=replayed) == event
+    event.occurred_at.FromDatetime(datetime(2024, 1, 1, 0, 10, tzinfo=UTC))
+    with pytest.raises(dl.InvalidRecord, match="in the future"):
+        dl.decode_touchpoint(event.SerializeToString(), record_time=replayed)
+
+
+def test_a_future_record_time_does_not_make_a_future_event_valid() -> None:
+    # Producers set record times: one in 2030 must not carry a 2030 event past the check.
+    event = page_view()
     event.occurred_at.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
-    when = datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
-    assert dl.decode_touchpoint(event.SerializeToString(), record_time=when) == event
+    with pytest.raises(dl.InvalidRecord, match="in the future"):
+        dl.decode_touchpoint(
+            event.SerializeToString(), record_time=datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+        )
     with pytest.raises(dl.InvalidRecord):
         dl.decode_touchpoint(event.SerializeToString())

@@ -22,18 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from cx.events.v1 import touchpoint_pb2 as cx_dot_events_dot_v1_dot_touchpoint__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63x/profile/v1/stream.proto\x12\rcx.profile.v1\x1a\x1d\x63x/events/v1/touchpoint.proto\"A\n\x12ProfileEventBundle\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.cx.profile.v1.ProfileEvent\"P\n\x0cProfileEvent\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.cx.events.v1.TouchpointEventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63x/profile/v1/stream.proto\x12\rcx.profile.v1\"A\n\x12ProfileEventBundle\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.cx.profile.v1.ProfileEvent\"1\n\x0cProfileEvent\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\r\n\x05\x65vent\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cx.profile.v1.stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILEEVENTBUNDLE']._serialized_start=76
-  _globals['_PROFILEEVENTBUNDLE']._serialized_end=141
-  _globals['_PROFILEEVENT']._serialized_start=143
-  _globals['_PROFILEEVENT']._serialized_end=223
+  _globals['_PROFILEEVENTBUNDLE']._serialized_start=45
+  _globals['_PROFILEEVENTBUNDLE']._serialized_end=110
+  _globals['_PROFILEEVENT']._serialized_start=112
+  _globals['_PROFILEEVENT']._serialized_end=161
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,6 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from cx.events.v1 import touchpoint_pb2 as _touchpoint_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -55,15 +54,18 @@ class ProfileEvent(_message.Message):
     PROFILE_ID_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
-    @_builtins.property
-    def event(self) -> _touchpoint_pb2.TouchpointEvent: ...
+    event: _builtins.bytes
+    """A serialized `cx.events.v1.TouchpointEvent`. Bytes rather than the message (the wire
+    format is the same) so that a bundle always parses whatever its events hold, and each
+    event is decoded on its own: one that cannot be is dead-lettered alone.
+    """
     def __init__(
         self,
         *,
         profile_id: _builtins.str = ...,
-        event: _touchpoint_pb2.TouchpointEvent | None = ...,
+        event: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "profile_id", b"profile_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...

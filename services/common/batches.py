@@ -1,0 +1,114 @@
+"""How a stream worker processes a batch so that no input can stop the stream.
+
+Two kinds of failure, two answers:
+- an **infrastructure** failure (Redis or Kafka unreachable, timed out, loading, out of
+  memory) is retried in place, with backoff, for as long as it lasts: the batch is never
+  acknowledged unprocessed and nothing is dead-lettered for it;
+- **anything else** is a property of the input. The batch is run again one item at a
+  time, and each item that fails on its own goes to `poison` (the caller dead-letters it
+  with the reason), so one bad record never takes other people's events with it and can
+  never crash the worker in a loop.
+
+Re-running items that a failed batch may already have partly processed is safe because
+every effect downstream is idempotent (event-id dedup), as after any crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import aiokafka.errors
+import kafka.errors
+import redis.exceptions
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity.before_sleep import before_sleep_log
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+# Redis replies that say the server cannot serve now, not that the command was wrong.
+_TRANSIENT_REDIS_REPLIES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN")
+_KAFKA_TRANSIENT = (
+    aiokafka.errors.KafkaTimeoutError,
+    aiokafka.errors.KafkaConnectionError,
+    aiokafka.errors.NoBrokersAvailable,
+    kafka.errors.KafkaTimeoutError,
+    kafka.errors.KafkaConnectionError,
+)
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """True when `exc` says a dependency is unavailable, not that the input is bad."""
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return str(exc).startswith(_TRANSIENT_REDIS_REPLIES)
+    if isinstance(
+        exc,
+        redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | TimeoutError | OSError,
+    ):
+        return True
+    if isinstance(exc, _KAFKA_TRANSIENT):
+        return True
+    if isinstance(exc, aiokafka.errors.KafkaError | kafka.errors.KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return False
+
+
+async def retry_infrastructure(
+    what: str, step: Callable[[], Awaitable[T]], *, max_wait_s: float = 5.0
+) -> T:
+    """Runs `step`, retrying infrastructure failures until they pass; raises anything else."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_infrastructure_failure),
+        wait=wait_exponential_jitter(initial=0.1, max=max_wait_s),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    ):
+        with attempt:
+            return await step()
+    raise AssertionError("unreachable: AsyncRetrying either returns or raises")
+
+
+async def process_isolating(
+    items: Sequence[Item],
+    run: Callable[[Sequence[Item]], Awaitable[None]],
+    poison: Callable[[Item, Exception], Awaitable[None]],
+    *,
+    what: str,
+) -> None:
+    """Runs the whole batch; on a failure that is not infrastructure, each item alone.
+
+    `run` retries its own infrastructure failures (see `retry_infrastructure`); whatever
+    it raises here is about the input. An item that fails alone is handed to `poison`.
+    """
+    try:
+        await run(items)
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            await poison(items[0], exc)
+            return
+        log.warning(
+            "%s: a batch of %d failed (%s: %s); processing its items one by one",
+            what,
+            len(items),
+            type(exc).__name__,
+            exc,
+        )
+    for item in items:
+        try:
+            await run([item])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await poison(item, exc)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason a dead letter carries for an input that could not be processed."""
+    return f"could not be processed: {type(exc).__name__}: {exc}"[:1000]
