@@ -11,10 +11,14 @@
 #   services-up    start the services in services.txt (skips modules that do not exist yet)
 #   services-down  stop the services
 #   is-up          exit 0 if Kafka and Redis are running
+#   kafka-up, redis-up                start only the broker, only Redis
+#   kafka-down, redis-down [--kill]   stop only that one (SIGTERM; SIGKILL with --kill)
 #
 # Environment: KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092; the controller listens on
 # port+1), REDIS_URL (default redis://127.0.0.1:6379/0), CX_VAR_DIR (default <repo>/var:
-# pid files, logs, data), CX_CACHE_DIR (default ~/.cache/cx-platform: Kafka jars).
+# pid files, logs, data), CX_CACHE_DIR (default ~/.cache/cx-platform: Kafka jars),
+# CX_REDIS_APPENDFSYNC (default everysec), the replica counts services.txt names
+# (PROFILE_WORKERS, default 1) and the metrics ports they derive from.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +32,7 @@ LOG_DIR=$VAR_DIR/log
 KAFKA_DIR=$VAR_DIR/kafka
 KAFKA_DATA_DIR=$KAFKA_DIR/data
 REDIS_DIR=$VAR_DIR/redis
+REDIS_APPENDFSYNC=${CX_REDIS_APPENDFSYNC:-everysec}
 
 KAFKA_VERSION=4.0.2
 KAFKA_POM=$SCRIPT_DIR/kafka/pom.xml
@@ -64,6 +69,10 @@ if [[ $_hostport == *:* ]]; then REDIS_PORT=${_hostport##*:}; else REDIS_PORT=63
 for _p in "$KAFKA_PORT" "$REDIS_PORT"; do
   [[ $_p =~ ^[0-9]+$ ]] || { echo "stack: cannot parse a port from '$_p'" >&2; exit 2; }
 done
+case $REDIS_APPENDFSYNC in
+  always | everysec | no) ;;
+  *) echo "stack: CX_REDIS_APPENDFSYNC must be always, everysec or no" >&2; exit 2 ;;
+esac
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -78,7 +87,7 @@ process_match() {
   case $1 in
     kafka) echo "kafka.Kafka" ;;
     redis) echo "redis-server" ;;
-    *) service_field "$1" 3 ;;
+    *) service_field "$(service_of "$1")" 3 ;;
   esac
 }
 
@@ -121,14 +130,15 @@ spawn() {
   done
 }
 
+# Stops component $1: SIGTERM, then SIGKILL after STOP_TIMEOUT; or signal $2 (KILL) at once.
 stop_component() {
-  local name=$1 pid i
+  local name=$1 sig=${2:-TERM} pid i
   if ! pid=$(running_pid "$name"); then
     say "$name: not running"
     return 0
   fi
-  say "$name: stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
+  say "$name: stopping (pid $pid, SIG$sig)"
+  kill -"$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
@@ -225,10 +235,10 @@ start_redis() {
   mkdir -p "$REDIS_DIR"
   local from
   from=$(file_size "$LOG_DIR/redis.log")
-  say "redis: starting on 127.0.0.1:$REDIS_PORT (data in $REDIS_DIR)"
+  say "redis: starting on 127.0.0.1:$REDIS_PORT (appendfsync $REDIS_APPENDFSYNC, data in $REDIS_DIR)"
   spawn redis "$LOG_DIR/redis.log" redis-server \
     --bind 127.0.0.1 --port "$REDIS_PORT" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save "" \
     --dir "$REDIS_DIR" --daemonize no --protected-mode yes \
     --logfile "$LOG_DIR/redis.log"
   for ((i = 0; i < 100; i++)); do
@@ -367,32 +377,132 @@ ensure_topics() {
 
 # --- services ---------------------------------------------------------------------------------
 
-# Prints "name port module" for each service line of services.txt.
+# Prints "name port module replicas-var metrics-var metrics-default" for each service line
+# of services.txt, "-" for an option the line does not give.
 service_lines() {
   [[ -f $SERVICES_FILE ]] || return 0
-  local line
+  local line opt replicas metrics_var metrics_default
   local -a f
   while IFS= read -r line || [[ -n $line ]]; do
     line=${line%%#*}
     read -r -a f <<<"$line" || true
     ((${#f[@]} == 0)) && continue
-    if ((${#f[@]} != 3)); then
+    if ((${#f[@]} < 3)); then
       warn "services.txt: ignoring malformed line: $line"
       continue
     fi
-    echo "${f[0]} ${f[1]} ${f[2]}"
+    replicas=- metrics_var=- metrics_default=-
+    for opt in "${f[@]:3}"; do
+      case $opt in
+        replicas=?*) replicas=${opt#replicas=} ;;
+        metrics=?*:?*)
+          metrics_var=${opt#metrics=}
+          metrics_default=${metrics_var#*:}
+          metrics_var=${metrics_var%%:*}
+          ;;
+        *) warn "services.txt: ignoring unknown option '$opt' of ${f[0]}" ;;
+      esac
+    done
+    echo "${f[0]} ${f[1]} ${f[2]} $replicas $metrics_var $metrics_default"
   done <"$SERVICES_FILE"
 }
 
-# Field $2 (1=name 2=port 3=module) of the service named $1, or nothing.
+# Field $2 (1=name 2=port 3=module 4=replicas-var 5=metrics-var 6=metrics-default) of the
+# service named $1, or nothing.
 service_field() {
-  local name port module
-  while read -r name port module; do
-    if [[ $name == "$1" ]]; then
-      case $2 in 1) echo "$name" ;; 2) echo "$port" ;; 3) echo "$module" ;; esac
+  local -a f
+  while read -r -a f; do
+    if [[ ${f[0]} == "$1" ]]; then
+      echo "${f[$2 - 1]}"
       return 0
     fi
   done < <(service_lines)
+}
+
+# The service an instance belongs to: profile-worker-2 is an instance of profile-worker
+# when that service has replicas; any other name is its own service.
+service_of() {
+  local base
+  if [[ $1 =~ ^(.+)-[0-9]+$ ]]; then
+    base=${BASH_REMATCH[1]}
+    if [[ $(service_field "$base" 4) == ?* && $(service_field "$base" 4) != - ]]; then
+      echo "$base"
+      return 0
+    fi
+  fi
+  echo "$1"
+}
+
+# Instance $2 (from 0) of service $1: the first keeps the service's name (and pid and log
+# files), the others are <name>-<index>.
+instance_name() {
+  if (($2 == 0)); then echo "$1"; else echo "$1-$2"; fi
+}
+
+# How many instances to run: the value of the variable named $1 (1 when unset), or 1 when
+# the service has no replicas option.
+replica_count() {
+  local n
+  if [[ $1 == - ]]; then
+    echo 1
+    return 0
+  fi
+  n=${!1:-1}
+  [[ $n =~ ^[0-9]+$ ]] || die "$1 must be a number of instances, not '$n'"
+  echo $((10#$n))
+}
+
+# The metrics port of instance $3: the variable named $1 (default $2) plus the index; 0
+# (metrics off) stays 0.
+metrics_port() {
+  local base=${!1:-$2}
+  [[ $base =~ ^[0-9]+$ ]] || die "$1 must be a port number, not '$base'"
+  base=$((10#$base))
+  if ((base == 0)); then echo 0; else echo $((base + $3)); fi
+}
+
+# Exits with a message when a replica count or metrics port in the environment is not a
+# number, or a service with replicas has a port every replica would need.
+check_service_settings() {
+  local name port module rvar mvar mdef
+  while read -r name port module rvar mvar mdef; do
+    if [[ $rvar != - ]]; then
+      replica_count "$rvar" >/dev/null
+      [[ $port == - ]] || die "services.txt: $name has a port, so it cannot have replicas"
+    fi
+    [[ $mvar == - ]] || metrics_port "$mvar" "$mdef" 0 >/dev/null
+  done < <(service_lines)
+}
+
+# Prints "instance port module metrics-var metrics-port" for each instance to run, in
+# services.txt order ("-" where the service has no metrics option).
+service_instances() {
+  local name port module rvar mvar mdef count i mport
+  while read -r name port module rvar mvar mdef; do
+    count=$(replica_count "$rvar")
+    for ((i = 0; i < count; i++)); do
+      mport=-
+      [[ $mvar == - ]] || mport=$(metrics_port "$mvar" "$mdef" "$i")
+      echo "$(instance_name "$name" "$i") $port $module $mvar $mport"
+    done
+  done < <(service_lines)
+}
+
+# Instances of service $1 that have a pid file but an index of $2 or more.
+surplus_instances() {
+  local file inst index
+  for file in "$RUN_DIR/$1.pid" "$RUN_DIR/$1"-*.pid; do
+    [[ -e $file ]] || continue
+    inst=$(basename "$file" .pid)
+    if [[ $inst == "$1" ]]; then
+      index=0
+    elif [[ ${inst#"$1"-} =~ ^[0-9]+$ ]]; then
+      index=$((10#${inst#"$1"-}))
+    else
+      continue
+    fi
+    if ((index >= $2)); then echo "$inst"; fi
+  done
 }
 
 # The port to wait for: <NAME>_GRPC_PORT from the environment overrides services.txt.
@@ -410,8 +520,11 @@ module_exists() {
   [[ -f $path.py || -f $path/__main__.py ]]
 }
 
+# Starts one instance: name, port (or -), module, metrics variable (or -), metrics port
+# (or -). It waits for the service's port, or else for its metrics port when that is on.
 start_service() {
-  local name=$1 module=$3 port pid log i from
+  local name=$1 module=$3 metrics_var=$4 metrics=$5 port wait_port pid log i from
+  local -a env_args=(PYTHONUNBUFFERED=1)
   port=$(effective_port "$name" "$2")
   log=$LOG_DIR/$name.log
   if pid=$(running_pid "$name"); then
@@ -422,20 +535,27 @@ start_service() {
     say "$name: skipped, module $module does not exist yet"
     return 0
   fi
-  if [[ $port != - ]] && port_open 127.0.0.1 "$port"; then
-    die "$name: port $port is already in use by a process this script did not start"
+  wait_port=$port
+  if [[ $metrics_var != - ]]; then
+    env_args+=("$metrics_var=$metrics")
+    [[ $wait_port == - && $metrics != 0 ]] && wait_port=$metrics
   fi
-  if [[ $port == - ]]; then
-    say "$name: starting python -m $module"
-  else
+  if [[ $wait_port != - ]] && port_open 127.0.0.1 "$wait_port"; then
+    die "$name: port $wait_port is already in use by a process this script did not start"
+  fi
+  if [[ $port != - ]]; then
     say "$name: starting python -m $module (port $port)"
+  elif [[ $wait_port != - ]]; then
+    say "$name: starting python -m $module (metrics port $wait_port)"
+  else
+    say "$name: starting python -m $module"
   fi
   from=$(file_size "$log")
-  spawn "$name" "$log" env PYTHONUNBUFFERED=1 "$PYTHON" -m "$module"
-  [[ $port == - ]] && return 0
+  spawn "$name" "$log" env "${env_args[@]}" "$PYTHON" -m "$module"
+  [[ $wait_port == - ]] && return 0
   for ((i = 0; i < SERVICE_START_TIMEOUT * 5; i++)); do
-    if port_open 127.0.0.1 "$port"; then
-      say "$name: up (pid $(<"$(pid_file "$name")"), port $port)"
+    if port_open 127.0.0.1 "$wait_port"; then
+      say "$name: up (pid $(<"$(pid_file "$name")"), port $wait_port)"
       return 0
     fi
     if ! running_pid "$name" >/dev/null; then
@@ -446,22 +566,32 @@ start_service() {
   done
   show_new_log "$log" "$from"
   stop_component "$name" >/dev/null
-  die "$name: did not accept connections on port $port within ${SERVICE_START_TIMEOUT}s"
+  die "$name: did not accept connections on port $wait_port within ${SERVICE_START_TIMEOUT}s"
 }
 
 cmd_services_up() {
   [[ -x $PYTHON ]] || die "no Python at $PYTHON (create the venv first: uv sync --frozen)"
   cmd_is_up || warn "Kafka and/or Redis are not running (start them with: $0 infra-up)"
-  local name port module
-  while read -r name port module; do
-    start_service "$name" "$port" "$module"
+  check_service_settings
+  local name port module rvar mvar mport inst
+  # Fewer replicas than are running: stop the ones with the highest indices.
+  while read -r name port module rvar _; do
+    [[ $rvar == - ]] && continue
+    while read -r inst; do
+      stop_component "$inst"
+    done < <(surplus_instances "$name" "$(replica_count "$rvar")")
   done < <(service_lines)
+  while read -r name port module mvar mport; do
+    start_service "$name" "$port" "$module" "$mvar" "$mport"
+  done < <(service_instances)
 }
 
 cmd_services_down() {
+  check_service_settings
   local names=() name file
-  while read -r name _; do names+=("$name"); done < <(service_lines)
-  # Also services removed from services.txt since they were started.
+  while read -r name _; do names+=("$name"); done < <(service_instances)
+  # Also instances beyond the configured count, and services removed from services.txt
+  # since they were started.
   for file in "$RUN_DIR"/*.pid; do
     [[ -e $file ]] || continue
     name=$(basename "$file" .pid)
@@ -497,29 +627,52 @@ cmd_down() {
 }
 
 cmd_status() {
-  local name port module pid
-  printf '%-10s %-8s %-8s %s\n' COMPONENT STATE PID ENDPOINT
+  check_service_settings
+  local name port module metrics_var metrics pid endpoint file
+  local -a shown=()
+  row() { printf '%-18s %-8s %-8s %s\n' "$@"; }
+  row COMPONENT STATE PID ENDPOINT
   if pid=$(running_pid redis); then
-    printf '%-10s %-8s %-8s %s\n' redis running "$pid" "127.0.0.1:$REDIS_PORT"
+    row redis running "$pid" "127.0.0.1:$REDIS_PORT"
   else
-    printf '%-10s %-8s %-8s %s\n' redis stopped - "127.0.0.1:$REDIS_PORT"
+    row redis stopped - "127.0.0.1:$REDIS_PORT"
   fi
   if pid=$(running_pid kafka); then
-    printf '%-10s %-8s %-8s %s\n' kafka running "$pid" "$KAFKA_HOST:$KAFKA_PORT"
+    row kafka running "$pid" "$KAFKA_HOST:$KAFKA_PORT"
   else
-    printf '%-10s %-8s %-8s %s\n' kafka stopped - "$KAFKA_HOST:$KAFKA_PORT"
+    row kafka stopped - "$KAFKA_HOST:$KAFKA_PORT"
   fi
-  while read -r name port module; do
-    port=$(effective_port "$name" "$port")
+  while read -r name port module metrics_var metrics; do
+    shown+=("$name")
+    endpoint=$(effective_port "$name" "$port")
+    [[ $endpoint == - && $metrics != - && $metrics != 0 ]] && endpoint="metrics $metrics"
     if pid=$(running_pid "$name"); then
-      printf '%-10s %-8s %-8s %s\n' "$name" running "$pid" "$port"
+      row "$name" running "$pid" "$endpoint"
     elif module_exists "$module"; then
-      printf '%-10s %-8s %-8s %s\n' "$name" stopped - "$port"
+      row "$name" stopped - "$endpoint"
     else
-      printf '%-10s %-8s %-8s %s\n' "$name" absent - "($module not written yet)"
+      row "$name" absent - "($module not written yet)"
     fi
-  done < <(service_lines)
+  done < <(service_instances)
+  # Instances beyond the configured count (until the next `up` or `down` stops them).
+  for file in "$RUN_DIR"/*.pid; do
+    [[ -e $file ]] || continue
+    name=$(basename "$file" .pid)
+    [[ $name == kafka || $name == redis || " ${shown[*]} " == *" $name "* ]] && continue
+    if pid=$(running_pid "$name"); then row "$name" running "$pid" "(not configured)"; fi
+  done
   echo "logs: $LOG_DIR"
+}
+
+# kafka-down / redis-down [--kill]
+cmd_stop_one() {
+  local name=$1
+  shift
+  case ${1:-} in
+    '') stop_component "$name" ;;
+    --kill) stop_component "$name" KILL ;;
+    *) die "$name-down takes only --kill" ;;
+  esac
 }
 
 cmd_is_up() {
@@ -527,7 +680,7 @@ cmd_is_up() {
 }
 
 usage() {
-  sed -n '5,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '5,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case ${1:-} in
@@ -539,6 +692,10 @@ case ${1:-} in
   services-up) cmd_services_up ;;
   services-down) cmd_services_down ;;
   is-up) cmd_is_up ;;
+  kafka-up) install_kafka && start_kafka ;;
+  kafka-down) cmd_stop_one kafka "${@:2}" ;;
+  redis-up) install_redis && start_redis ;;
+  redis-down) cmd_stop_one redis "${@:2}" ;;
   -h | --help | help) usage ;;
   *)
     usage >&2
