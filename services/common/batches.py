@@ -63,7 +63,7 @@ async def retry_infrastructure(
     """Runs `step`, retrying infrastructure failures until they pass; raises anything else."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(is_infrastructure_failure),
-        wait=wait_exponential_jitter(initial=0.1, max=max_wait_s),
+        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait_s, jitter=0.1),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     ):

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Protocol
 
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -31,6 +32,8 @@ from services.common.dead_letter import (
     SourceRecord,
     TouchpointDecoder,
     dead_letter,
+    decode_touchpoint,
+    record_time,
 )
 from services.common.telemetry import KafkaHeaders
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
@@ -117,18 +120,16 @@ def read_bundle(value: bytes | None, key: bytes | None = None) -> list[tuple[str
     return [(item.profile_id, item.event) for item in bundle.events]
 
 
-def decode_bundled(profile_id: str, raw: bytes) -> ev.TouchpointEvent:
-    """One event of a bundle, as identity resolution forwarded it; InvalidRecord if not."""
+def decode_bundled(profile_id: str, raw: bytes, when: datetime | None = None) -> ev.TouchpointEvent:
+    """One event of a bundle, judged by the same validator as every consumer's input:
+    a bundle is a record like any other, whoever wrote it. InvalidRecord if not valid."""
     if not profile_id:
         raise InvalidRecord("profile id is empty", "profile_id")
-    event = ev.TouchpointEvent()
     try:
-        event.ParseFromString(raw)
-    except DecodeError as exc:
-        raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "event") from exc
-    if not event.event_id:
-        raise InvalidRecord("event id is empty", "event.event_id")
-    return event
+        return decode_touchpoint(raw, record_time=when)
+    except InvalidRecord as error:
+        field = "event" if error.field == "value" else f"event.{error.field}"
+        raise InvalidRecord(error.reason, field) from error
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ class ProfilePipeline:
             for i, (profile_id, raw) in enumerate(pairs):
                 source = replace(record, key=profile_id.encode(), value=raw)
                 try:
-                    event = decode_bundled(profile_id, raw)
+                    event = decode_bundled(profile_id, raw, record_time(record.timestamp_ms))
                 except InvalidRecord as error:
                     located = InvalidRecord(error.reason, f"events[{i}].{error.field}")
                     out.dead_letters.append(self._dead_letter(source, located))
