@@ -156,3 +156,39 @@ def test_ingest_rejects_an_invalid_timestamp_per_event_naming_the_field(
     assert reply.results[0].status == ingest_pb2.EventResult.STATUS_ACCEPTED
     assert reply.results[1].status == ingest_pb2.EventResult.STATUS_REJECTED
     assert [v.field for v in reply.results[1].violations] == ["occurred_at"]
+
+
+def test_a_record_too_large_to_dead_letter_whole_is_dead_lettered_without_its_value(
+    profile_harness: ProfileHarness,
+) -> None:
+    h = profile_harness
+    run = f"huge{uuid.uuid4().hex[:6]}"
+    # Accepted by the broker (under its 1 MiB limit) but, with the reason headers on top,
+    # over what the worker's producer may send back out.
+    huge = b"\x0a" + b"\xff" * 1_040_000
+    producer = KafkaProducer(
+        bootstrap_servers=h.kafka.kafka_bootstrap_servers, acks="all", max_request_size=1_048_000
+    )
+    try:
+        producer.send(h.kafka.touchpoints_topic, key=b"huge-" + run.encode(), value=huge).get(
+            timeout=30
+        )
+    finally:
+        producer.close()
+    behind = people_events(run, 2, 2)
+    write_raw(h, behind)
+
+    wait_for_everyone(h, run, 2, 2)
+
+    def omitted() -> list[list[tuple[str, bytes]]] | None:
+        letters = [
+            headers
+            for key, value, headers in h.records(h.kafka.touchpoints_dlq_topic)
+            if key == b"huge-" + run.encode()
+        ]
+        return letters or None
+
+    (headers,) = h.wait_for("the dead letter without its value", omitted, timeout_s=60)
+    assert "1040001 bytes" in (header_value(headers, dl.VALUE_OMITTED_HEADER) or "")
+    assert "not a protobuf TouchpointEvent" in (header_value(headers, dl.REASON_HEADER) or "")
+    assert h.worker_exited() is None
