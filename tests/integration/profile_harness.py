@@ -1,5 +1,6 @@
 """An isolated profile pipeline for tests: its own topics, key prefix and consumer group,
-a real worker process (which tests may SIGKILL), and in-process gRPC servers."""
+real worker processes (which tests may SIGKILL), and in-process gRPC servers, on the
+shared stack or on a private broker and Redis."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ T = TypeVar("T")
 
 
 class ProfileHarness(IsolatedPipeline):
-    def __init__(self, base: KafkaSettings, redis_url: str, log_dir: Path) -> None:
-        super().__init__(base, redis_url, log_dir, name="test")
+    def __init__(
+        self, base: KafkaSettings, redis_url: str, log_dir: Path, name: str = "test"
+    ) -> None:
+        super().__init__(base, redis_url, log_dir, name=name)
         self.publisher = TouchpointPublisher.connect(
             base.kafka_bootstrap_servers, self.kafka.touchpoints_topic
         )
@@ -55,17 +58,31 @@ class ProfileHarness(IsolatedPipeline):
             rejected = [r for r in reply.results if r.violations]
             assert not rejected, rejected
 
-    def wait_for(self, what: str, check: Callable[[], T | None], timeout_s: float = 90) -> T:
-        """Polls until `check` returns a value; a bound against hanging, not a speed goal."""
+    def wait_for(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout_s: float = 90,
+        tolerate: tuple[type[Exception], ...] = (),
+    ) -> T:
+        """Polls until `check` returns a value; a bound against hanging, not a speed goal.
+
+        Fails as soon as a worker ends by itself. Errors of the types in `tolerate` (say,
+        Redis being down) count as "not yet".
+        """
         deadline = time.monotonic() + timeout_s
         while True:
-            value = check()
+            try:
+                value = check()
+            except tolerate:
+                value = None
             if value is not None and value is not False:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; worker log: {self.log_path}")
-            if self.worker_exited() is not None:
-                raise AssertionError(f"worker exited ({self.worker_exited()}): {self.log_path}")
+                logs = ", ".join(str(self.worker_log(n)) for n in self.workers) or self.log_path
+                raise AssertionError(f"timed out waiting for {what}; worker logs: {logs}")
+            for name, code in self.exited_workers().items():
+                raise AssertionError(f"worker {name} exited ({code}): {self.worker_log(name)}")
             time.sleep(0.2)
 
     def profile(self, t: pb.IdentifierType.ValueType, value: str) -> pb.Profile | None:
@@ -122,7 +139,7 @@ class ProfileHarness(IsolatedPipeline):
         ]
 
     def close(self) -> None:
-        self.kill_worker(signal.SIGTERM)
+        self.stop_workers(signal.SIGTERM)
         for server in self.servers:
             server.stop(grace_s=1)
         self.ingest_channel.close()
