@@ -21,6 +21,7 @@ from services.common.touchpoint_publisher import TouchpointPublisher
 from services.ingest.server import build_server
 from services.profile.adapters.store import ProfileStore
 from services.profile.settings import Guardrails, ProfileSettings
+from tests.integration.faults import PrivateStack
 from tests.integration.profile_harness import ProfileHarness
 
 
@@ -113,3 +114,16 @@ def profile_harness(
     harness.start_worker()
     yield harness
     harness.close()
+
+
+@pytest.fixture(scope="session")
+def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
+    """A Kafka broker and a Redis of the tests' own, on other ports and with their own var
+    dir, for the tests that kill them (the shared stack is never killed); stopped and
+    deleted at the end of the session."""
+    stack = PrivateStack(tmp_path_factory.mktemp("private-stack"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
