@@ -19,8 +19,8 @@ from datetime import datetime
 from typing import Protocol
 
 from cx.events.v1 import touchpoint_pb2 as ev
+from cx.profile.internal.v1 import stream_pb2
 from cx.profile.v1 import profile_pb2 as pb
-from cx.profile.v1 import stream_pb2
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 

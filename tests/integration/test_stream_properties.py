@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from cx.events.v1 import touchpoint_pb2 as ev
-from cx.profile.v1 import stream_pb2
+from cx.profile.internal.v1 import stream_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
-from cx.profile.v1 import stream_pb2
+from cx.profile.internal.v1 import stream_pb2
 
 from services.common.dead_letter import FIELD_HEADER, REASON_HEADER, InvalidRecord, SourceRecord
 from services.profile.pipeline import (

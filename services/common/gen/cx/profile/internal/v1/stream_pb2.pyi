@@ -25,6 +25,8 @@ class ProfileEventBundle(_message.Message):
     it belongs to. The partition is the one Kafka's default partitioner gives the profile
     id, so one profile's events are applied in order by one worker. One record per
     partition and batch, instead of one per event, keeps the repartition hop cheap.
+    Internal to the profile worker, not part of the public `cx.profile.v1` contract: only
+    the worker writes and reads it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
