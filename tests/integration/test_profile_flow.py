@@ -184,6 +184,25 @@ def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_ch
     assert detractor.detractor.event_id == journey[7].event_id
     (merged,) = [c for c in published if c.WhichOneof("change") == "merged"]
     assert merged.merged.event_id == journey[4].event_id
+    # Stages, tiers and severities are enums; one profile's changes are on one partition,
+    # in order.
+    stages = [c.journey_stage for c in published if c.WhichOneof("change") == "journey_stage"]
+    assert (stages[0].previous, stages[0].current) == (
+        ev.JOURNEY_STAGE_UNSPECIFIED,
+        ev.JOURNEY_STAGE_AWARENESS,
+    )
+    assert stages[-1].current == ev.JOURNEY_STAGE_SUPPORT
+    (opened,) = [c.complaint for c in published if c.WhichOneof("change") == "complaint"]
+    assert (opened.open, opened.severity, opened.category, opened.event_id) == (
+        True,
+        ev.Complaint.SEVERITY_HIGH,
+        "delivery",
+        journey[8].event_id,
+    )
+    tiers = [c.value_tier for c in published if c.WhichOneof("change") == "value_tier"]
+    assert tiers[0].previous == pb.VALUE_TIER_NONE
+    assert tiers[-1].current > pb.VALUE_TIER_NONE
+    assert tiers[-1].clv_total > 0
 
     # Redelivery of the same events changes nothing. Markers on both partition keys come
     # after the repeats, so once they are applied the repeats were processed too.

@@ -4,6 +4,10 @@ The worker compares what it last published (the `s:` snapshot stored with the pr
 with what the profile derives to now, so a change lost to a crash is published by the
 next batch that touches the profile: change events are at least once, and their ids are
 stable so consumers can drop repeats.
+
+The snapshot keeps stages, bands and tiers as the names `derive` gives them; the change
+events carry them as enums (`cx.events.v1.JourneyStage`, `cx.profile.v1.ChurnBand`,
+`cx.profile.v1.ValueTier`, `cx.events.v1.Complaint.Severity`), mapped here.
 """
 
 from __future__ import annotations
@@ -11,14 +15,31 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 
 from services.profile.domain.derive import Derived
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 # Bands whose first appearance is not news: every new profile starts there.
 BASELINE = {"churn_band": "low", "value_tier": "none"}
+
+V = TypeVar("V", bound=int)
+
+
+def enum_value(enum: _EnumTypeWrapper[V], name: str) -> V:
+    """The member of a protobuf enum for a lower-case name, as the snapshot and the stored
+    structures write them (`support` is `JOURNEY_STAGE_SUPPORT`). Unspecified for "" (no
+    previous value) and for a name the enum does not have."""
+    prefix = enum.DESCRIPTOR.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    try:
+        return enum.Value(prefix + name.upper())
+    except ValueError:
+        return enum.Value(prefix + "UNSPECIFIED")
 
 
 def snapshot_of(derived: Derived, segments: set[str]) -> dict[str, str]:
@@ -71,28 +92,49 @@ def compute_changes(
         c = _change(profile_id, at_ms, "segment", name, "out", version)
         c.segment.CopyFrom(pb.SegmentChanged(segment=name, entered=False))
         changes.append(c)
-    if previous.get("stage", "") != current["stage"]:
-        c = _change(
-            profile_id, at_ms, "stage", previous.get("stage", ""), current["stage"], version
-        )
+    old_stage, new_stage = previous.get("stage", ""), current["stage"]
+    if old_stage != new_stage:
+        c = _change(profile_id, at_ms, "stage", old_stage, new_stage, version)
         c.journey_stage.CopyFrom(
-            pb.StageChanged(previous=previous.get("stage", ""), current=current["stage"])
+            pb.StageChanged(
+                previous=enum_value(ev.JourneyStage, old_stage),
+                current=enum_value(ev.JourneyStage, new_stage),
+            )
         )
         changes.append(c)
-    for key, field, value in (
-        ("churn_band", "churn_risk", derived.churn_risk),
-        ("value_tier", "value_tier", derived.clv_total),
-    ):
-        old, new = previous.get(key), current[key]
-        if old != new and not (old is None and new == BASELINE[key]):
-            c = _change(profile_id, at_ms, key, old or "", new, version)
-            getattr(c, field).CopyFrom(pb.BandChanged(previous=old or "", current=new, value=value))
-            changes.append(c)
+    if _band_changed(previous, current, "churn_band"):
+        old, new = previous.get("churn_band", ""), current["churn_band"]
+        c = _change(profile_id, at_ms, "churn_band", old, new, version)
+        c.churn_risk.CopyFrom(
+            pb.ChurnBandChanged(
+                previous=enum_value(pb.ChurnBand, old),
+                current=enum_value(pb.ChurnBand, new),
+                score=derived.churn_risk,
+            )
+        )
+        changes.append(c)
+    if _band_changed(previous, current, "value_tier"):
+        old, new = previous.get("value_tier", ""), current["value_tier"]
+        c = _change(profile_id, at_ms, "value_tier", old, new, version)
+        c.value_tier.CopyFrom(
+            pb.ValueTierChanged(
+                previous=enum_value(pb.ValueTier, old),
+                current=enum_value(pb.ValueTier, new),
+                clv_total=derived.clv_total,
+            )
+        )
+        changes.append(c)
     for signal in outbox:
         change = _signal_change(profile_id, signal, at_ms)
         if change is not None:
             changes.append(change)
     return ProfileChanges(changes, current, tuple(entered), tuple(left))
+
+
+def _band_changed(previous: Mapping[str, str], current: Mapping[str, str], key: str) -> bool:
+    """A band differs from the one published, unless it is a new profile's baseline."""
+    old, new = previous.get(key), current[key]
+    return old != new and not (old is None and new == BASELINE[key])
 
 
 def _signal_change(
@@ -113,7 +155,7 @@ def _signal_change(
             pb.ComplaintChanged(
                 complaint_id=str(signal.get("complaint_id", "")),
                 open=kind == "complaint_opened",
-                severity=str(signal.get("severity", "")),
+                severity=enum_value(ev.Complaint.Severity, str(signal.get("severity", ""))),
                 category=str(signal.get("category", "")),
                 event_id=event_id,
             )

@@ -48,6 +48,52 @@ IDENTIFIER_TYPE_PROFILE_ID: IdentifierType.ValueType  # 5
 """The platform's own profile id."""
 Global___IdentifierType: _TypeAlias = IdentifierType  # noqa: Y015
 
+class _ChurnBand:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChurnBandEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChurnBand.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHURN_BAND_UNSPECIFIED: _ChurnBand.ValueType  # 0
+    CHURN_BAND_LOW: _ChurnBand.ValueType  # 1
+    CHURN_BAND_MEDIUM: _ChurnBand.ValueType  # 2
+    CHURN_BAND_HIGH: _ChurnBand.ValueType  # 3
+
+class ChurnBand(_ChurnBand, metaclass=_ChurnBandEnumTypeWrapper):
+    """Churn risk bands by score, lowest first (thresholds in docs/profile-metrics.md)."""
+
+CHURN_BAND_UNSPECIFIED: ChurnBand.ValueType  # 0
+CHURN_BAND_LOW: ChurnBand.ValueType  # 1
+CHURN_BAND_MEDIUM: ChurnBand.ValueType  # 2
+CHURN_BAND_HIGH: ChurnBand.ValueType  # 3
+Global___ChurnBand: _TypeAlias = ChurnBand  # noqa: Y015
+
+class _ValueTier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ValueTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValueTier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VALUE_TIER_UNSPECIFIED: _ValueTier.ValueType  # 0
+    VALUE_TIER_NONE: _ValueTier.ValueType  # 1
+    """No value yet: total CLV of 0 or less."""
+    VALUE_TIER_LOW: _ValueTier.ValueType  # 2
+    VALUE_TIER_MEDIUM: _ValueTier.ValueType  # 3
+    VALUE_TIER_HIGH: _ValueTier.ValueType  # 4
+    VALUE_TIER_VIP: _ValueTier.ValueType  # 5
+
+class ValueTier(_ValueTier, metaclass=_ValueTierEnumTypeWrapper):
+    """Value tiers by total CLV, lowest first (thresholds in docs/profile-metrics.md)."""
+
+VALUE_TIER_UNSPECIFIED: ValueTier.ValueType  # 0
+VALUE_TIER_NONE: ValueTier.ValueType  # 1
+"""No value yet: total CLV of 0 or less."""
+VALUE_TIER_LOW: ValueTier.ValueType  # 2
+VALUE_TIER_MEDIUM: ValueTier.ValueType  # 3
+VALUE_TIER_HIGH: ValueTier.ValueType  # 4
+VALUE_TIER_VIP: ValueTier.ValueType  # 5
+Global___ValueTier: _TypeAlias = ValueTier  # noqa: Y015
+
 @_typing.final
 class Identifier(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -994,9 +1040,9 @@ class ProfileChange(_message.Message):
     @_builtins.property
     def journey_stage(self) -> Global___StageChanged: ...
     @_builtins.property
-    def churn_risk(self) -> Global___BandChanged: ...
+    def churn_risk(self) -> Global___ChurnBandChanged: ...
     @_builtins.property
-    def value_tier(self) -> Global___BandChanged: ...
+    def value_tier(self) -> Global___ValueTierChanged: ...
     @_builtins.property
     def detractor(self) -> Global___DetractorScored: ...
     @_builtins.property
@@ -1011,8 +1057,8 @@ class ProfileChange(_message.Message):
         changed_at: _timestamp_pb2.Timestamp | None = ...,
         segment: Global___SegmentChanged | None = ...,
         journey_stage: Global___StageChanged | None = ...,
-        churn_risk: Global___BandChanged | None = ...,
-        value_tier: Global___BandChanged | None = ...,
+        churn_risk: Global___ChurnBandChanged | None = ...,
+        value_tier: Global___ValueTierChanged | None = ...,
         detractor: Global___DetractorScored | None = ...,
         complaint: Global___ComplaintChanged | None = ...,
         merged: Global___ProfileMerged | None = ...,
@@ -1055,13 +1101,14 @@ class StageChanged(_message.Message):
 
     PREVIOUS_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
-    previous: _builtins.str
-    current: _builtins.str
+    previous: _touchpoint_pb2.JourneyStage.ValueType
+    """Unspecified for a profile's first stage."""
+    current: _touchpoint_pb2.JourneyStage.ValueType
     def __init__(
         self,
         *,
-        previous: _builtins.str = ...,
-        current: _builtins.str = ...,
+        previous: _touchpoint_pb2.JourneyStage.ValueType = ...,
+        current: _touchpoint_pb2.JourneyStage.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1072,29 +1119,62 @@ class StageChanged(_message.Message):
 Global___StageChanged: _TypeAlias = StageChanged  # noqa: Y015
 
 @_typing.final
-class BandChanged(_message.Message):
+class ChurnBandChanged(_message.Message):
+    """Published when the band changes, and for a new profile whose first band is not low."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PREVIOUS_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
-    VALUE_FIELD_NUMBER: _builtins.int
-    previous: _builtins.str
-    current: _builtins.str
-    value: _builtins.float
+    SCORE_FIELD_NUMBER: _builtins.int
+    previous: Global___ChurnBand.ValueType
+    """Unspecified when the profile had no band published yet."""
+    current: Global___ChurnBand.ValueType
+    score: _builtins.float
+    """The churn risk score (0 to 1) that gave the current band."""
     def __init__(
         self,
         *,
-        previous: _builtins.str = ...,
-        current: _builtins.str = ...,
-        value: _builtins.float = ...,
+        previous: Global___ChurnBand.ValueType = ...,
+        current: Global___ChurnBand.ValueType = ...,
+        score: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "previous", b"previous", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "previous", b"previous", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___BandChanged: _TypeAlias = BandChanged  # noqa: Y015
+Global___ChurnBandChanged: _TypeAlias = ChurnBandChanged  # noqa: Y015
+
+@_typing.final
+class ValueTierChanged(_message.Message):
+    """Published when the tier changes, and for a new profile whose first tier is not none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    CLV_TOTAL_FIELD_NUMBER: _builtins.int
+    previous: Global___ValueTier.ValueType
+    """Unspecified when the profile had no tier published yet."""
+    current: Global___ValueTier.ValueType
+    clv_total: _builtins.float
+    """The total CLV that gave the current tier."""
+    def __init__(
+        self,
+        *,
+        previous: Global___ValueTier.ValueType = ...,
+        current: Global___ValueTier.ValueType = ...,
+        clv_total: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clv_total", b"clv_total", "current", b"current", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueTierChanged: _TypeAlias = ValueTierChanged  # noqa: Y015
 
 @_typing.final
 class DetractorScored(_message.Message):
@@ -1132,7 +1212,7 @@ class ComplaintChanged(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     complaint_id: _builtins.str
     open: _builtins.bool
-    severity: _builtins.str
+    severity: _touchpoint_pb2.Complaint.Severity.ValueType
     category: _builtins.str
     event_id: _builtins.str
     def __init__(
@@ -1140,7 +1220,7 @@ class ComplaintChanged(_message.Message):
         *,
         complaint_id: _builtins.str = ...,
         open: _builtins.bool = ...,
-        severity: _builtins.str = ...,
+        severity: _touchpoint_pb2.Complaint.Severity.ValueType = ...,
         category: _builtins.str = ...,
         event_id: _builtins.str = ...,
     ) -> None: ...
