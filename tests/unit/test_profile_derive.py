@@ -436,7 +436,10 @@ def test_fields_flatten_metrics_traits_and_consent() -> None:
     assert f["type.order_placed"] == 1
     assert f["journey_stage"] == "onboarding"
     assert f["days_since_first_order"] == pytest.approx(2.0)
-    assert f["value_tier"] in {"vip", "high", "medium", "low"}
+    # CLV: 75 so far plus 1 order per 6 months (the minimum tenure) x 12 months x 75 x
+    # (1 - churn 1/(1+e^3)): about 218, above 0 and under medium's 250.
+    assert f["clv_total"] == pytest.approx(75 + 2 * 75 * (1 - 1 / (1 + math.exp(3))))
+    assert f["value_tier"] == "low"
     assert all(isinstance(v, str | int | float | bool) or v is None for v in f.values()), (
         "fields are scalars"
     )

@@ -14,7 +14,7 @@ import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.profile.adapters.store import state_to_redis
-from services.profile.domain.effects import Effects, effects_of
+from services.profile.domain.effects import Effects
 from services.profile.domain.fold import Folder, apply_effects, differences, fold, member_of
 from services.profile.domain.state import Contact, Latest, ProfileState
 
@@ -399,13 +399,34 @@ def test_folded_state_round_trips_through_the_redis_encoding() -> None:
     assert parsed.contacts == reference.contacts
 
 
-def test_effects_of_an_event_are_what_the_fold_applies() -> None:
-    e = order(1, 10)
-    state = ProfileState("p")
-    apply_effects(state, effects_of(e), at(1))
-    folded = fold([e])
-    folded.identities.clear()
-    assert differences(folded, state) == []
+def test_one_order_folds_into_the_aggregates_its_definition_names() -> None:
+    e = order(1, 10.5, event_id="ord-1", channel=ev.CHANNEL_APP)
+    ts = at(1)
+    # Written from the definitions (effects.py: every event, then an order), not from
+    # the effects the fold applies.
+    expected = ProfileState(
+        "p",
+        sums={
+            "events": 1,
+            "ch.app": 1,
+            "type.order_placed": 1,
+            "orders": 1,
+            "revenue": 10.5,
+            "discount": 0,
+        },
+        minima={"first_seen": ts, "first_order_at": ts},
+        maxima={"last_seen": ts, "last_order_at": ts},
+        latest={
+            "stage": Latest("purchase", ts),
+            "channel": Latest("app", ts),
+            "u.activity": Latest("ord-1", ts),
+            "currency": Latest("EUR", ts),
+            "u.commerce": Latest("ord-1", ts),
+        },
+        identities={("c", "cust-1")},
+        touchpoints={"tests.journey": 1},
+    )
+    assert differences(expected, fold([e])) == []
 
 
 def test_a_contact_id_with_the_separator_keeps_its_reason_and_resolution() -> None:
