@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import threading
@@ -11,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetSpec
 
 from services.profile.domain.fold import differences, fold
 from tests.integration.profile_harness import ProfileHarness
@@ -89,6 +92,40 @@ def person_events(rng: random.Random, run: str, i: int) -> list[ev.TouchpointEve
     return out
 
 
+def end_offsets(admin: KafkaAdminClient, topic: str) -> dict[TopicPartition, int]:
+    (described,) = admin.describe_topics([topic])
+    parts = [TopicPartition(topic, p["partition_index"]) for p in described["partitions"]]
+    latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in parts})
+    return {tp: found.offset for tp, found in latest.items()}
+
+
+def committed_up_to(admin: KafkaAdminClient, group: str, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the group's committed offsets reached `ends` (nothing left to redeliver)."""
+    committed = admin.list_group_offsets(group).get(group, {})
+    return all(
+        (max(committed[tp].offset, 0) if tp in committed else 0) >= end for tp, end in ends.items()
+    )
+
+
+def wait_until_committed(h: ProfileHarness) -> None:
+    """Waits until the worker committed every record of both of its input topics, so
+    nothing it read can be processed again. Touchpoints first: the bundles they become
+    are on the repartition topic before their offsets are committed, so its end offsets
+    read after that are final."""
+    admin = KafkaAdminClient(bootstrap_servers=h.kafka.kafka_bootstrap_servers)
+    try:
+        group = h.settings.consumer_group
+        for topic in (h.kafka.touchpoints_topic, h.kafka.profile_events_topic):
+            ends = end_offsets(admin, topic)
+            assert sum(ends.values()) > 0, topic
+            h.wait_for(
+                f"{group}'s offsets on {topic} committed to its end",
+                functools.partial(committed_up_to, admin, group, ends),
+            )
+    finally:
+        admin.close()
+
+
 def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     profile_harness: ProfileHarness,
 ) -> None:
@@ -117,7 +154,9 @@ def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     assert at_kill < total, "the worker finished before it was killed"
 
     h.wait_for("every event", lambda: h.stat("applied") - applied_before >= total, 180)
-    time.sleep(1)  # anything applied twice would show here
+    # Once every input record is committed nothing can be applied again: a count still
+    # equal to the total then means nothing was applied twice.
+    wait_until_committed(h)
     assert h.stat("applied") - applied_before == total
 
     for i, events in enumerate(people):
