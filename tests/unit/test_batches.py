@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiokafka.errors
 import kafka.errors
@@ -16,7 +15,6 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from services.common import batches
 from services.common.dead_letter import REASON_HEADER, SourceRecord
 from services.common.telemetry import header_value
-from services.profile.adapters.store import Resolved, StoredProfile
 from services.profile.pipeline import (
     Forward,
     OutRecord,
@@ -25,6 +23,7 @@ from services.profile.pipeline import (
     read_bundle,
 )
 from tests.factories import page_view
+from tests.unit.fake_stores import StoreFailingOn
 
 
 @pytest.mark.parametrize(
@@ -133,37 +132,6 @@ class MemorySender:
             ):
                 raise aiokafka.errors.MessageSizeTooLargeError()
         self.sent.extend(records)
-
-
-@dataclass
-class StoreFailingOn:
-    """Applies everything except events whose id is in `poison` (a data error), and
-    fails the first `outages` calls with a connection error."""
-
-    poison: set[str]
-    outages: int = 0
-    applied: list[str] = field(default_factory=list)
-
-    async def resolve(self, events: Sequence[ev.TouchpointEvent]) -> list[Resolved]:
-        await self._maybe_down()
-        if any(e.event_id in self.poison for e in events):
-            raise ValueError("cannot resolve")
-        return [Resolved(f"p-{e.event_id}") for e in events]
-
-    async def apply(self, batch: Sequence[Any]) -> tuple[list[str], list[StoredProfile]]:
-        await self._maybe_down()
-        if any(item.event.event_id in self.poison for item in batch):
-            raise redis.exceptions.ResponseError("ERR user_script: bad value")
-        self.applied += [item.event.event_id for item in batch]
-        return ["applied"] * len(batch), []
-
-    async def publish(self, updates: Sequence[Any]) -> None:
-        return None
-
-    async def _maybe_down(self) -> None:
-        if self.outages:
-            self.outages -= 1
-            raise redis.exceptions.ConnectionError("Error 111 connecting")
 
 
 def pipeline(store: StoreFailingOn) -> ProfilePipeline:
