@@ -10,13 +10,16 @@ import grpc
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 from cx.ingest.v1 import ingest_pb2_grpc
+from google.protobuf.descriptor import Descriptor
 from prometheus_client import Counter, Histogram
 
 from services.common.touchpoint_publisher import Published, PublishError
 from services.common.validation import DEFAULT_LIMITS, Limits, Violation, normalise_and_validate
 
 EVENTS = Counter("cx_ingest_events", "Events received by ingestion", ["rpc", "status"])
-REJECTIONS = Counter("cx_ingest_rejections", "Rejected events by field", ["field"])
+REJECTIONS = Counter(
+    "cx_ingest_rejections", "Rejected events by field (schema path, see field_label)", ["field"]
+)
 PUBLISH_SECONDS = Histogram(
     "cx_ingest_publish_seconds",
     "Time from the first send to the last broker acknowledgement of one call",
@@ -24,14 +27,51 @@ PUBLISH_SECONDS = Histogram(
 )
 
 MAX_BATCH = 1000
+# Violations reported per event; the rest are counted. An event can break hundreds of
+# rules (one per list item), and a batch's answer must stay well below the 4 MiB a
+# client accepts by default.
+MAX_VIOLATIONS_SHOWN = 20
+
+_FREE_FORM = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+
+
+def field_label(path: str) -> str:
+    """The schema path of a violation's field, as a metric label.
+
+    List indices become `[]` and the path stops at the first name that is not a field of
+    the schema (keys of free-form structs such as `properties` are client data), so the
+    label's values are bounded by the schema whatever clients send:
+    `order_placed.items[17].product_id` -> `order_placed.items[].product_id`,
+    `properties.some_key` -> `properties`, `event` -> `event`.
+    """
+    descriptor: Descriptor | None = ev.TouchpointEvent.DESCRIPTOR
+    kept: list[str] = []
+    for part in path.split("."):
+        name, bracket, _ = part.partition("[")
+        field = descriptor.fields_by_name.get(name) if descriptor is not None else None
+        if field is None:
+            break
+        kept.append(name + ("[]" if bracket else ""))
+        message = field.message_type
+        descriptor = (
+            message if message is not None and message.full_name not in _FREE_FORM else None
+        )
+    return ".".join(kept) or "event"
 
 
 class Publisher(Protocol):
     def publish(self, events: Sequence[ev.TouchpointEvent]) -> list[Published | PublishError]: ...
 
 
+def _shown(violations: Sequence[Violation]) -> list[Violation]:
+    if len(violations) <= MAX_VIOLATIONS_SHOWN:
+        return list(violations)
+    hidden = len(violations) - MAX_VIOLATIONS_SHOWN
+    return [*violations[:MAX_VIOLATIONS_SHOWN], Violation("event", f"{hidden} more violations")]
+
+
 def _violations_pb(violations: Sequence[Violation]) -> list[pb.FieldViolation]:
-    return [pb.FieldViolation(field=v.field, description=v.description) for v in violations]
+    return [pb.FieldViolation(field=v.field, description=v.description) for v in _shown(violations)]
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -44,8 +84,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _check(self, event: ev.TouchpointEvent, now: datetime) -> list[Violation]:
         violations = normalise_and_validate(event, now=now, limits=self._limits)
-        for v in violations:
-            REJECTIONS.labels(field=v.field).inc()
+        for label in {field_label(v.field) for v in violations}:
+            REJECTIONS.labels(field=label).inc()
         if not violations:
             event.received_at.FromDatetime(now)
         return violations
@@ -66,7 +106,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             EVENTS.labels("Track", "rejected").inc()
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "invalid event: " + "; ".join(f"event.{v}" for v in violations),
+                "invalid event: " + "; ".join(f"event.{v}" for v in _shown(violations)),
             )
         (outcome,) = self._publish([event], context)
         if isinstance(outcome, PublishError):

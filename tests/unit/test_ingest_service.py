@@ -3,6 +3,7 @@ tests/integration/test_ingest.py."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import grpc
@@ -11,7 +12,12 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 
 from services.common.touchpoint_publisher import Published, PublishError
-from services.ingest.service import IngestServicer
+from services.ingest.service import (
+    MAX_VIOLATIONS_SHOWN,
+    REJECTIONS,
+    IngestServicer,
+    field_label,
+)
 from tests.factories import page_view, survey
 
 
@@ -119,3 +125,77 @@ def test_batch_size_is_bounded(count: int) -> None:
         servicer.TrackBatch(pb.TrackBatchRequest(events=[page_view() for _ in range(count)]), ctx())
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details.startswith("events:")
+
+
+def _order_with_bad_items(count: int) -> ev.TouchpointEvent:
+    event = page_view()
+    event.touchpoint = "checkout.order"
+    event.journey_stage = ev.JOURNEY_STAGE_PURCHASE
+    event.order_placed.order_id = "o-1"
+    for _ in range(count):
+        event.order_placed.items.add()  # no product id, no quantity
+    return event
+
+
+def test_violations_shown_per_event_are_capped() -> None:
+    reply = IngestServicer(RecordingPublisher()).TrackBatch(
+        pb.TrackBatchRequest(events=[_order_with_bad_items(100)]), ctx()
+    )
+    violations = reply.results[0].violations
+    assert len(violations) == MAX_VIOLATIONS_SHOWN + 1
+    assert violations[-1].description.endswith("more violations")
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("identities.email", "identities.email"),
+        ("order_placed.items[17].product_id", "order_placed.items[].product_id"),
+        (
+            "order_placed.items[3].unit_price.currency_code",
+            "order_placed.items[].unit_price.currency_code",
+        ),
+        ("properties.a3f9c2.nested[4]", "properties"),
+        ("identify.traits.some_key", "identify.traits"),
+        ("event", "event"),
+        ("no_such_field.x", "event"),
+    ],
+)
+def test_field_labels_are_schema_paths(path: str, label: str) -> None:
+    assert field_label(path) == label
+
+
+def _rejection_labels() -> set[str]:
+    return {
+        sample.labels["field"]
+        for metric in REJECTIONS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def _event_with_bad_property_keys(keys: int) -> ev.TouchpointEvent:
+    event = page_view()
+    for _ in range(keys):
+        event.properties.fields[uuid.uuid4().hex].number_value = float("nan")
+    return event
+
+
+def test_rejection_metric_labels_stay_bounded_whatever_clients_send() -> None:
+    # Labels were the raw field paths: every new struct key (client data) and list index
+    # made a new time series, kept for the life of the process.
+    servicer = IngestServicer(RecordingPublisher())
+
+    def send_round() -> None:
+        events = [_event_with_bad_property_keys(30), _order_with_bad_items(150)]
+        reply = servicer.TrackBatch(pb.TrackBatchRequest(events=events), ctx())
+        assert reply.rejected_count == 2
+
+    send_round()
+    after_first = _rejection_labels()
+    for _ in range(3):
+        send_round()
+    assert _rejection_labels() == after_first
+    assert "properties" in after_first
+    assert "order_placed.items[].product_id" in after_first
+    assert not any(label.startswith("properties.") for label in after_first)
