@@ -1,25 +1,113 @@
-"""A gRPC server with what every service needs: health, reflection, tracing, shutdown."""
+"""A gRPC server with what every service needs: health, reflection, tracing, shutdown.
+
+Health never queues behind work: the thread pool has `max_workers` threads for calls plus
+a few reserved ones, and at most `max_workers` calls other than health and reflection run
+at once; the excess is refused at once with RESOURCE_EXHAUSTED (retryable with backoff)
+instead of waiting for a thread. Health is honest: dependencies registered with
+`add_dependency` (Kafka, Redis) are checked in the background, and while one does not
+answer the server and its services report NOT_SERVING. Infrastructure exceptions of any
+handler become UNAVAILABLE (`services.common.grpc_errors`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
+from prometheus_client import Counter
 
 from services.common.gc_tuning import freeze_startup_heap
+from services.common.grpc_errors import UnavailableInterceptor, guarded
 
 log = logging.getLogger(__name__)
 
+# Threads kept for health checks and reflection (and for refusing excess calls at once).
+RESERVED_WORKERS = 4
+# Methods that are always admitted: they are quick and must answer while work is stuck.
+UNLIMITED_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# How long start() waits for the first answer of every dependency check.
+FIRST_CHECK_WAIT_S = 3.0
+
+BUSY_REFUSALS = Counter(
+    "cx_grpc_busy_refusals",
+    "Calls refused with RESOURCE_EXHAUSTED because every worker was busy",
+    ["method"],
+)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Admits at most `limit` concurrent calls other than health and reflection.
+
+    A call beyond that is refused at once with RESOURCE_EXHAUSTED, which clients may
+    retry with backoff, rather than waiting in the thread pool's queue behind calls that
+    may be blocked on an unreachable dependency.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(UNLIMITED_METHOD_PREFIXES):
+            return handler
+        return guarded(handler, method, self._admit)
+
+    @contextlib.contextmanager
+    def _admit(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        if not self._slots.acquire(blocking=False):
+            BUSY_REFUSALS.labels(method).inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server busy: all {self.limit} workers are in use; retry with backoff",
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+@dataclass
+class _Dependency:
+    name: str
+    check: Callable[[], bool]
+    every_s: float
+    ok: bool = False
+    checked_at: float | None = None  # time.monotonic() when the last check finished
+
+    @property
+    def stale_after_s(self) -> float:
+        # A check still running after this long counts as failing.
+        return 3 * self.every_s + 1.0
+
+    def healthy(self, now: float) -> bool:
+        return (
+            self.ok and self.checked_at is not None and now - self.checked_at <= self.stale_after_s
+        )
+
 
 class ServiceServer:
-    """Wraps grpc.Server: health reports SERVING while it runs, NOT_SERVING on stop."""
+    """Wraps grpc.Server: health reports SERVING while it runs and its dependencies
+    answer, NOT_SERVING otherwise and on stop."""
 
     def __init__(
         self,
@@ -27,10 +115,19 @@ class ServiceServer:
         service_names: Sequence[str],
         address: str,
         max_workers: int = 16,
+        reserved_workers: int = RESERVED_WORKERS,
     ) -> None:
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-            interceptors=[server_interceptor()],  # type: ignore[no-untyped-call]
+            futures.ThreadPoolExecutor(
+                max_workers=max_workers + reserved_workers, thread_name_prefix="grpc"
+            ),
+            # Outermost first: every call is traced, then admitted, then its
+            # infrastructure exceptions are mapped to UNAVAILABLE.
+            interceptors=[
+                server_interceptor(),  # type: ignore[no-untyped-call]
+                AdmissionInterceptor(max_workers),
+                UnavailableInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -47,15 +144,27 @@ class ServiceServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {address}")
         self._stopped = threading.Event()
+        self._serving = False
+        self._dependencies: list[_Dependency] = []
+        self._health_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._published: dict[str, int] = {}
+        self._refresh_health()
 
     def set_status(self, name: str, serving: bool) -> None:
         """Reports a component's health under its own service name."""
-        self.health.set(
-            name,
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING,
-        )
+        self._publish(name, SERVING if serving else NOT_SERVING)
+
+    def add_dependency(self, name: str, check: Callable[[], bool], every_s: float = 1.0) -> None:
+        """Registers something the service cannot work without (call before start()).
+
+        `check` runs every `every_s` in its own thread and says whether the dependency
+        answers; it should bound its own wait. An exception, False, or a check still
+        running after three periods counts as "does not answer". While any dependency
+        does not answer, health is NOT_SERVING for the server ("") and its services;
+        each dependency's state is also reported under its own `name`.
+        """
+        self._dependencies.append(_Dependency(name, check, every_s))
 
     def every(self, seconds: float, task: Callable[[], None]) -> None:
         """Runs `task` now and then every `seconds` in a thread, until the server stops."""
@@ -68,16 +177,64 @@ class ServiceServer:
 
         threading.Thread(target=loop, name="periodic", daemon=True).start()
 
-    def _set_status(self, status: int) -> None:
-        for name in ["", *self._service_names]:
-            self.health.set(name, status)
+    def _publish(self, name: str, status: int) -> None:
+        with self._health_lock:
+            if self._published.get(name) != status:
+                self._published[name] = status
+                self.health.set(name, status)
+
+    def _refresh_health(self) -> None:
+        with self._refresh_lock:
+            now = time.monotonic()
+            healthy = True
+            for dep in self._dependencies:
+                ok = dep.healthy(now)
+                healthy = healthy and ok
+                before = self._published.get(dep.name)
+                self.set_status(dep.name, ok)
+                if before is not None and before != self._published[dep.name]:
+                    if ok:
+                        log.info("%s answers again: health SERVING", dep.name)
+                    else:
+                        log.warning("%s does not answer: health NOT_SERVING", dep.name)
+            status = SERVING if self._serving and healthy else NOT_SERVING
+            for name in ["", *self._service_names]:
+                self._publish(name, status)
+
+    def _watch(self, dep: _Dependency, first: threading.Event) -> None:
+        while True:
+            try:
+                ok = bool(dep.check())
+            except Exception as exc:
+                log.debug("health check of %s failed: %s", dep.name, exc)
+                ok = False
+            dep.ok, dep.checked_at = ok, time.monotonic()
+            first.set()
+            self._refresh_health()
+            if self._stopped.wait(dep.every_s):
+                return
 
     def start(self) -> None:
         self.server.start()
-        self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        answered = []
+        for dep in self._dependencies:
+            first = threading.Event()
+            threading.Thread(
+                target=self._watch, args=(dep, first), name=f"check-{dep.name}", daemon=True
+            ).start()
+            answered.append(first)
+        deadline = time.monotonic() + FIRST_CHECK_WAIT_S
+        for first in answered:
+            first.wait(max(deadline - time.monotonic(), 0.0))
+        self._refresh_health()
+        if self._dependencies:
+            # Notices checks that hang: their last answer goes stale.
+            self.every(min(d.every_s for d in self._dependencies) / 2, self._refresh_health)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._serving = False
+        self._refresh_health()
         self.server.stop(grace_s).wait()
         self._stopped.set()
 
