@@ -13,7 +13,7 @@ from cx.ingest.v1 import ingest_pb2_grpc
 from google.protobuf.descriptor import Descriptor
 from prometheus_client import Counter, Histogram
 
-from services.common.touchpoint_publisher import Published, PublishError
+from services.common.touchpoint_publisher import BrokerUnavailable, Published, PublishError
 from services.common.validation import DEFAULT_LIMITS, Limits, Violation, normalise_and_validate
 
 EVENTS = Counter("cx_ingest_events", "Events received by ingestion", ["rpc", "status"])
@@ -31,6 +31,9 @@ MAX_BATCH = 1000
 # rules (one per list item), and a batch's answer must stay well below the 4 MiB a
 # client accepts by default.
 MAX_VIOLATIONS_SHOWN = 20
+# Kept from the client's deadline for answering after the broker's acknowledgements.
+DEADLINE_MARGIN_S = 0.2
+RETRY_HINT = "retry with the same event ids (consumers drop duplicates by event_id)"
 
 _FREE_FORM = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 
@@ -60,7 +63,9 @@ def field_label(path: str) -> str:
 
 
 class Publisher(Protocol):
-    def publish(self, events: Sequence[ev.TouchpointEvent]) -> list[Published | PublishError]: ...
+    def publish(
+        self, events: Sequence[ev.TouchpointEvent], timeout_s: float | None = None
+    ) -> list[Published]: ...
 
 
 def _shown(violations: Sequence[Violation]) -> list[Violation]:
@@ -76,7 +81,10 @@ def _violations_pb(violations: Sequence[Violation]) -> list[pb.FieldViolation]:
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(
-        self, publisher: Publisher, limits: Limits = DEFAULT_LIMITS, max_batch: int = MAX_BATCH
+        self,
+        publisher: Publisher,
+        limits: Limits = DEFAULT_LIMITS,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._publisher = publisher
         self._limits = limits
@@ -91,10 +99,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return violations
 
     def _publish(
-        self, events: Sequence[ev.TouchpointEvent], context: grpc.ServicerContext
-    ) -> list[Published | PublishError]:
-        with PUBLISH_SECONDS.time():
-            return self._publisher.publish(events)
+        self, rpc: str, events: Sequence[ev.TouchpointEvent], context: grpc.ServicerContext
+    ) -> list[Published]:
+        """Publishes within the client's deadline (and the publisher's ack timeout); an
+        outage is UNAVAILABLE for the whole call."""
+        remaining = context.time_remaining()
+        timeout = None if remaining is None else max(remaining - DEADLINE_MARGIN_S, 0.0)
+        try:
+            with PUBLISH_SECONDS.time():
+                return self._publisher.publish(events, timeout_s=timeout)
+        except BrokerUnavailable as exc:
+            EVENTS.labels(rpc, "unavailable").inc(len(events))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}: {RETRY_HINT}")
+        except PublishError as exc:
+            EVENTS.labels(rpc, "failed").inc(len(events))
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         if not request.HasField("event"):
@@ -108,10 +127,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "invalid event: " + "; ".join(f"event.{v}" for v in _shown(violations)),
             )
-        (outcome,) = self._publish([event], context)
-        if isinstance(outcome, PublishError):
-            EVENTS.labels("Track", "failed").inc()
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(outcome))
+        (outcome,) = self._publish("Track", [event], context)
         EVENTS.labels("Track", "accepted").inc()
         return pb.TrackResponse(
             result=pb.EventResult(
@@ -126,6 +142,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def TrackBatch(
         self, request: pb.TrackBatchRequest, context: grpc.ServicerContext
     ) -> pb.TrackBatchResponse:
+        """Invalid events are rejected one by one; the valid ones are published together,
+        and if Kafka does not take all of them the whole call is UNAVAILABLE."""
         count = len(request.events)
         if not 1 <= count <= self._max_batch:
             context.abort(
@@ -137,26 +155,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             pb.EventResult(index=i, event_id=event.event_id)
             for i, event in enumerate(request.events)
         ]
-        accepted: list[int] = []
+        valid: list[int] = []
         for i, event in enumerate(request.events):
             violations = self._check(event, now)
             if violations:
                 results[i].status = pb.EventResult.STATUS_REJECTED
                 results[i].violations.extend(_violations_pb(violations))
             else:
-                accepted.append(i)
-        outcomes = self._publish([request.events[i] for i in accepted], context) if accepted else []
-        for i, outcome in zip(accepted, outcomes, strict=True):
-            if isinstance(outcome, PublishError):
-                results[i].status = pb.EventResult.STATUS_REJECTED
-                results[i].violations.append(pb.FieldViolation(field="", description=str(outcome)))
-            else:
+                valid.append(i)
+        if valid:
+            outcomes = self._publish("TrackBatch", [request.events[i] for i in valid], context)
+            for i, outcome in zip(valid, outcomes, strict=True):
                 results[i].status = pb.EventResult.STATUS_ACCEPTED
                 results[i].partition = outcome.partition
                 results[i].offset = outcome.offset
-        accepted_count = sum(r.status == pb.EventResult.STATUS_ACCEPTED for r in results)
-        EVENTS.labels("TrackBatch", "accepted").inc(accepted_count)
-        EVENTS.labels("TrackBatch", "rejected").inc(count - accepted_count)
+        accepted = len(valid)
+        EVENTS.labels("TrackBatch", "accepted").inc(accepted)
+        EVENTS.labels("TrackBatch", "rejected").inc(count - accepted)
         return pb.TrackBatchResponse(
-            results=results, accepted_count=accepted_count, rejected_count=count - accepted_count
+            results=results, accepted_count=accepted, rejected_count=count - accepted
         )

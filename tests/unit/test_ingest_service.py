@@ -11,7 +11,7 @@ import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 
-from services.common.touchpoint_publisher import Published, PublishError
+from services.common.touchpoint_publisher import BrokerUnavailable, Published
 from services.ingest.service import (
     MAX_VIOLATIONS_SHOWN,
     REJECTIONS,
@@ -25,15 +25,18 @@ class RecordingPublisher:
     def __init__(self, fail_ids: frozenset[str] = frozenset()) -> None:
         self.published: list[ev.TouchpointEvent] = []
         self.fail_ids = fail_ids
+        self.timeouts: list[float | None] = []
 
-    def publish(self, events: Sequence[ev.TouchpointEvent]) -> list[Published | PublishError]:
-        out: list[Published | PublishError] = []
+    def publish(
+        self, events: Sequence[ev.TouchpointEvent], timeout_s: float | None = None
+    ) -> list[Published]:
+        self.timeouts.append(timeout_s)
+        if any(event.event_id in self.fail_ids for event in events):
+            raise BrokerUnavailable("Kafka is unreachable")
+        out: list[Published] = []
         for event in events:
-            if event.event_id in self.fail_ids:
-                out.append(PublishError("broker down"))
-            else:
-                self.published.append(event)
-                out.append(Published(partition=0, offset=len(self.published) - 1))
+            self.published.append(event)
+            out.append(Published(partition=0, offset=len(self.published) - 1))
         return out
 
 
@@ -45,12 +48,18 @@ class Aborted(Exception):
 
 
 class FakeContext:
+    def __init__(self, time_remaining: float | None = None) -> None:
+        self._remaining = time_remaining
+
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 
+    def time_remaining(self) -> float | None:
+        return self._remaining
 
-def ctx() -> grpc.ServicerContext:
-    return FakeContext()  # type: ignore[return-value]
+
+def ctx(time_remaining: float | None = None) -> grpc.ServicerContext:
+    return FakeContext(time_remaining)  # type: ignore[return-value]
 
 
 def test_track_publishes_a_normalised_event_with_received_at() -> None:
@@ -88,6 +97,8 @@ def test_track_reports_unavailable_when_the_broker_does_not_acknowledge() -> Non
     with pytest.raises(Aborted) as info:
         IngestServicer(publisher).Track(pb.TrackRequest(event=event), ctx())
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "Kafka is unreachable" in info.value.details
+    assert "same event ids" in info.value.details
 
 
 def test_batch_accepts_and_rejects_each_event_on_its_own() -> None:
@@ -107,24 +118,35 @@ def test_batch_accepts_and_rejects_each_event_on_its_own() -> None:
     assert [e.event_id for e in publisher.published] == [good.event_id, good2.event_id]
 
 
-def test_batch_marks_events_the_broker_did_not_acknowledge() -> None:
-    first, second = page_view(), page_view()
+def test_batch_is_unavailable_as_a_whole_when_the_broker_does_not_take_every_event() -> None:
+    # Not "OK with every event rejected": a client checking only the status must retry.
+    first, second, invalid = page_view(), page_view(), page_view(email="nope")
     publisher = RecordingPublisher(fail_ids=frozenset({second.event_id}))
-    reply = IngestServicer(publisher).TrackBatch(
-        pb.TrackBatchRequest(events=[first, second]), ctx()
-    )
-    assert reply.results[1].status == pb.EventResult.STATUS_REJECTED
-    assert "broker down" in reply.results[1].violations[0].description
-    assert reply.accepted_count == 1
-
-
-@pytest.mark.parametrize("count", [0, 4])
-def test_batch_size_is_bounded(count: int) -> None:
-    servicer = IngestServicer(RecordingPublisher(), max_batch=3)
     with pytest.raises(Aborted) as info:
-        servicer.TrackBatch(pb.TrackBatchRequest(events=[page_view() for _ in range(count)]), ctx())
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details.startswith("events:")
+        IngestServicer(publisher).TrackBatch(
+            pb.TrackBatchRequest(events=[first, second, invalid]), ctx()
+        )
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "same event ids" in info.value.details
+
+
+def test_batch_of_only_invalid_events_is_answered_without_the_broker() -> None:
+    bad = page_view(email="nope")
+    publisher = RecordingPublisher(fail_ids=frozenset({bad.event_id}))
+    reply = IngestServicer(publisher).TrackBatch(pb.TrackBatchRequest(events=[bad]), ctx())
+    assert reply.rejected_count == 1
+    assert publisher.timeouts == []
+
+
+def test_publish_waits_at_most_what_is_left_of_the_client_deadline() -> None:
+    publisher = RecordingPublisher()
+    servicer = IngestServicer(publisher)
+    servicer.Track(pb.TrackRequest(event=page_view()), ctx(time_remaining=1.0))
+    servicer.Track(pb.TrackRequest(event=page_view()), ctx(time_remaining=None))
+    bounded, unbounded = publisher.timeouts
+    assert bounded is not None
+    assert 0 < bounded < 1.0
+    assert unbounded is None  # the publisher's own ack timeout applies
 
 
 def _order_with_bad_items(count: int) -> ev.TouchpointEvent:
@@ -199,3 +221,12 @@ def test_rejection_metric_labels_stay_bounded_whatever_clients_send() -> None:
     assert "properties" in after_first
     assert "order_placed.items[].product_id" in after_first
     assert not any(label.startswith("properties.") for label in after_first)
+
+
+@pytest.mark.parametrize("count", [0, 4])
+def test_batch_size_is_bounded(count: int) -> None:
+    servicer = IngestServicer(RecordingPublisher(), max_batch=3)
+    with pytest.raises(Aborted) as info:
+        servicer.TrackBatch(pb.TrackBatchRequest(events=[page_view() for _ in range(count)]), ctx())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details.startswith("events:")
