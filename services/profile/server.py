@@ -25,6 +25,11 @@ SERVICE_NAME = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_na
 # Health name under which the stream worker's heartbeat is reported.
 WORKER_HEALTH_NAME = "cx.profile.v1.ProfileWorker"
 WORKER_CHECK_EVERY_S = 2.0
+# Health name of Redis's reachability; while it is NOT_SERVING, so is the service.
+REDIS_HEALTH_NAME = "redis"
+# A Redis that does not answer fails a call after this long instead of holding a thread.
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
 
 
 def build_server(
@@ -37,6 +42,7 @@ def build_server(
 
     server = ServiceServer(register, [SERVICE_NAME], address)
     server.set_status(WORKER_HEALTH_NAME, False)
+    server.add_dependency(REDIS_HEALTH_NAME, lambda: bool(reader.client.ping()))
 
     def check_workers() -> None:
         try:
@@ -53,7 +59,12 @@ def main() -> None:
     setup_tracing("cx-profile")
     ports, kafka, metrics = grpc_ports(), kafka_settings(), metrics_ports()
     start_metrics_server(metrics.metrics_host, metrics.profile_metrics_port)
-    reader = ProfileReader(redis.Redis.from_url(redis_settings().redis_url), ProfileSettings())
+    client = redis.Redis.from_url(
+        redis_settings().redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
+    reader = ProfileReader(client, ProfileSettings())
     publisher = TouchpointPublisher.connect(kafka.kafka_bootstrap_servers, kafka.touchpoints_topic)
     server = build_server(reader, publisher, f"{ports.grpc_host}:{ports.profile_grpc_port}")
     server.start()

@@ -16,14 +16,13 @@ from cx.profile.v1 import profile_pb2 as pb
 from cx.profile.v1 import profile_pb2_grpc
 from prometheus_client import Counter
 
-from services.common.touchpoint_publisher import PublishError, TouchpointPublisher
-from services.common.validation import (
-    E164_RE,
-    EMAIL_RE,
-    normalise_and_validate,
-    normalise_email,
-    normalise_phone,
+from services.common.grpc_errors import unavailable_on_outage
+from services.common.touchpoint_publisher import (
+    BrokerUnavailable,
+    PublishError,
+    TouchpointPublisher,
 )
+from services.common.validation import MAX_ID_LEN, normalise_and_validate
 from services.profile.adapters.reader import (
     LoadedProfile,
     ProfileReader,
@@ -57,22 +56,42 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+ID_TYPE_NAMES = ", ".join(
+    pb.IdentifierType.Name(t).removeprefix("IDENTIFIER_TYPE_") for t in ID_TYPES
+)
+PERSON_ID_FIELDS = {"c": "customer_id", "a": "anonymous_id", "e": "email", "p": "phone"}
+# Kept from the client's deadline for answering after the broker's acknowledgement.
+DEADLINE_MARGIN_S = 0.2
+
+
 def parse_identifier(identifier: pb.Identifier, field: str = "identifier") -> tuple[str, str]:
+    if identifier.type == pb.IDENTIFIER_TYPE_UNSPECIFIED:
+        raise BadRequest(f"{field}.type", f"is required (one of {ID_TYPE_NAMES})")
     kind = ID_TYPES.get(identifier.type)
     if kind is None:
-        raise BadRequest(f"{field}.type", "is required (CUSTOMER_ID, ANONYMOUS_ID, EMAIL, ...)")
+        raise BadRequest(
+            f"{field}.type", f"{identifier.type} is not a known IdentifierType ({ID_TYPE_NAMES})"
+        )
     value = identifier.value.strip()
     if not value:
         raise BadRequest(f"{field}.value", "is required")
-    if kind == "e":
-        value = normalise_email(value)
-        if not EMAIL_RE.match(value):
-            raise BadRequest(f"{field}.value", "is not an email address")
-    elif kind == "p":
-        value = normalise_phone(value)
-        if not E164_RE.match(value):
-            raise BadRequest(f"{field}.value", "must be a phone number in E.164 form")
-    return kind, value
+    if kind == "pid":
+        if len(value) > MAX_ID_LEN:
+            raise BadRequest(f"{field}.value", f"is longer than {MAX_ID_LEN} characters")
+        return kind, value
+    return kind, as_ingested(kind, value, f"{field}.value")
+
+
+def as_ingested(kind: str, value: str, field: str) -> str:
+    """A person's identifier normalised as ingestion stores it, judged by the ingest
+    validator itself (lengths, email and E.164 forms): a read takes exactly the
+    identifiers that events may carry, and no rule is copied here."""
+    name = PERSON_ID_FIELDS[kind]
+    probe = ev.TouchpointEvent(identities=ev.Identities(**{name: value}))
+    for violation in normalise_and_validate(probe):
+        if violation.field == "event" or violation.field.startswith("identities"):
+            raise BadRequest(field, violation.description)
+    return str(getattr(probe.identities, name))
 
 
 def parse_person_identifier(identifier: pb.Identifier) -> tuple[str, str]:
@@ -114,8 +133,8 @@ Handler = Callable[[Servicer, Request, grpc.ServicerContext], Reply]
 
 def rpc(method: Handler[Servicer, Request, Reply]) -> Handler[Servicer, Request, Reply]:
     """One place for what every call shares: a BadRequest anywhere in the handler is
-    INVALID_ARGUMENT naming the field, a concurrent split is ABORTED, and calls are
-    counted by RPC and status code."""
+    INVALID_ARGUMENT naming the field, a concurrent split is ABORTED, an unreachable
+    dependency is UNAVAILABLE, and calls are counted by RPC and status code."""
     name = method.__name__
 
     def fail(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -125,7 +144,9 @@ def rpc(method: Handler[Servicer, Request, Reply]) -> Handler[Servicer, Request,
     @functools.wraps(method)
     def handle(self: Servicer, request: Request, context: grpc.ServicerContext) -> Reply:
         try:
-            reply = method(self, request, context)
+            # Redis or Kafka unreachable: UNAVAILABLE with a short message, one log line.
+            with unavailable_on_outage(name, context):
+                reply = method(self, request, context)
         except BadRequest as exc:
             fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SplitConflict as exc:
@@ -289,9 +310,15 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         violations = normalise_and_validate(event, now=now)
         if violations:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(map(str, violations)))
-        (outcome,) = self.publisher.publish([event])
-        if isinstance(outcome, PublishError):
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(outcome))
+        remaining = context.time_remaining()
+        try:
+            self.publisher.publish(
+                [event], timeout_s=None if remaining is None else remaining - DEADLINE_MARGIN_S
+            )
+        except BrokerUnavailable:
+            raise  # UNAVAILABLE, see rpc
+        except PublishError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
         return pb.UpdateConsentResponse(event_id=event.event_id)
 
     @rpc
