@@ -192,10 +192,10 @@ class ServiceServer:
                 healthy = healthy and ok
                 before = self._published.get(dep.name)
                 self.set_status(dep.name, ok)
-                if before is not None and before != self._published[dep.name]:
-                    if ok:
+                if before != self._published[dep.name] and dep.checked_at is not None:
+                    if ok and before is not None:
                         log.info("%s answers again: health SERVING", dep.name)
-                    else:
+                    elif not ok:
                         log.warning("%s does not answer: health NOT_SERVING", dep.name)
             status = SERVING if self._serving and healthy else NOT_SERVING
             for name in ["", *self._service_names]:
