@@ -8,8 +8,9 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.identifiers import PERSON_TYPES
+
 CONFIG_DIR = Path(__file__).parent / "config"
-IDENTIFIER_TYPES = {"customer_id": "c", "email": "e", "phone": "p", "anonymous_id": "a"}
 
 
 class ProfileSettings(BaseSettings):
@@ -40,21 +41,24 @@ class ProfileSettings(BaseSettings):
 
 @dataclass(frozen=True)
 class Guardrails:
+    """Identity-resolution limits by identifier code, and blocked (code, value) pairs."""
+
     limits: dict[str, int]
-    blocked: frozenset[str]
+    blocked: frozenset[tuple[str, str]]
 
     @classmethod
     def load(cls, path: Path) -> Guardrails:
         with path.open("rb") as f:
             raw = tomllib.load(f)
+        codes = {t.name: t.code for t in PERSON_TYPES}
         limits: dict[str, int] = {}
-        blocked: set[str] = set()
+        blocked: set[tuple[str, str]] = set()
         for name, limit in raw.get("limits", {}).items():
-            if name not in IDENTIFIER_TYPES:
+            if name not in codes:
                 raise ValueError(f"{path}: [limits] {name} is not an identifier type")
-            limits[IDENTIFIER_TYPES[name]] = int(limit)
+            limits[codes[name]] = int(limit)
         for name, values in raw.get("blocked", {}).items():
-            if name not in IDENTIFIER_TYPES:
+            if name not in codes:
                 raise ValueError(f"{path}: [blocked] {name} is not an identifier type")
-            blocked.update(f"{IDENTIFIER_TYPES[name]}:{v}" for v in values)
+            blocked.update((codes[name], v) for v in values)
         return cls(limits, frozenset(blocked))

@@ -8,17 +8,11 @@ from collections.abc import Sequence
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 
+from services.common.identifiers import BY_CODE
 from services.profile.adapters.reader import LoadedProfile
 from services.profile.domain.derive import derive
 from services.profile.domain.segments import Segment, evaluate
 from services.profile.domain.state import Latest, ProfileState
-
-ID_TYPE = {
-    "c": pb.IDENTIFIER_TYPE_CUSTOMER_ID,
-    "a": pb.IDENTIFIER_TYPE_ANONYMOUS_ID,
-    "e": pb.IDENTIFIER_TYPE_EMAIL,
-    "p": pb.IDENTIFIER_TYPE_PHONE,
-}
 
 
 def _freshness(target: pb.Freshness, *latest: Latest | None) -> None:
@@ -43,9 +37,10 @@ def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: in
     profile.computed_at.FromMilliseconds(now_ms)
     for link in loaded.lineage:
         t, value = link.identifier
+        kind = BY_CODE.get(t)
         entry = profile.identities.add(
             identifier=pb.Identifier(
-                type=ID_TYPE.get(t, pb.IDENTIFIER_TYPE_UNSPECIFIED), value=value
+                type=kind.proto if kind else pb.IDENTIFIER_TYPE_UNSPECIFIED, value=value
             ),
             linked_by_event_id=link.event_id,
             source_system=link.source_system,

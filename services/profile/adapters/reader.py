@@ -12,11 +12,11 @@ from typing import cast
 import redis
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.common.identifiers import identifiers_of
 from services.profile.adapters.store import (
     Keys,
     StoredProfile,
     as_text,
-    identifiers_of,
     lua_script,
     state_to_redis,
 )

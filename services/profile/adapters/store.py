@@ -32,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.common.identifiers import identifiers_of
 from services.profile.domain.effects import Effects, timestamp_ms
 from services.profile.domain.state import ProfileState
 from services.profile.settings import Guardrails, ProfileSettings
@@ -54,12 +55,6 @@ SUBKEYS = (
 def lua_script(name: str) -> str:
     """A script with the shared prelude (key helpers, latest-value rule) in front."""
     return (LUA_DIR / "prelude.lua").read_text() + "\n" + (LUA_DIR / name).read_text()
-
-
-def identifiers_of(event: ev.TouchpointEvent) -> list[tuple[str, str]]:
-    ids = event.identities
-    pairs = [("c", ids.customer_id), ("e", ids.email), ("p", ids.phone), ("a", ids.anonymous_id)]
-    return [(t, v) for t, v in pairs if v]
 
 
 class Keys:
@@ -203,10 +198,11 @@ class ProfileStore:
 
     async def _resolve_config(self) -> str:
         if not self._config:
+            blocked = [f"{t}:{v}" for t, v in self._guardrails.blocked]
             self._config = json.dumps(
                 {
                     "max": self._guardrails.limits,
-                    "blocked": dict.fromkeys(self._guardrails.blocked, True) or {"": True},
+                    "blocked": dict.fromkeys(blocked, True) or {"": True},
                     "salt": await self.erasure_salt(),
                 }
             )

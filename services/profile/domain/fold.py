@@ -15,8 +15,7 @@ events here and compare with what Redis stored (`differences`). The op semantics
   greatest ts (ZADD GT).
 
 An event id applies once per fold; every identifier an event carries is added to
-`identities` as (type, value) with type c (customer id), a (anonymous id), e (email) or
-p (phone).
+`identities` as (code, value), codes from `services/common/identifiers.py`.
 """
 
 from __future__ import annotations
@@ -27,18 +26,13 @@ from typing import Any
 
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.common.identifiers import identifiers_of as identifiers_of
 from services.profile.domain.effects import Effects, effects_of, timestamp_ms
 from services.profile.domain.state import Contact, Latest, ProfileState
 from services.profile.domain.state import _contact as parse_contact
 
 SUB_MAPS = ("traits", "consent", "complaints")
 SORTED_SETS = ("contacts",)
-
-
-def identifiers_of(event: ev.TouchpointEvent) -> list[tuple[str, str]]:
-    ids = event.identities
-    pairs = [("c", ids.customer_id), ("a", ids.anonymous_id), ("e", ids.email), ("p", ids.phone)]
-    return [(kind, value) for kind, value in pairs if value]
 
 
 def _newer(ts_ms: int, value: str, current: Latest | None) -> bool:
