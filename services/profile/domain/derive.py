@@ -16,10 +16,9 @@ from typing import Any
 
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.common.conditions import FieldValue as FieldValue
 from services.profile.domain.effects import CHANNEL_NAMES
 from services.profile.domain.state import ProfileState
-
-FieldValue = str | int | float | bool | None
 
 DAY_MS = 86_400_000
 MONTH_DAYS = 365.25 / 12
