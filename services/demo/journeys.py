@@ -10,7 +10,8 @@ anonymous id to the customer id, email and sometimes a phone), consent choices, 
 orders (cart, checkout, confirmation email, dispatch and delivery), marketing emails and app
 sessions between orders, feedback (CSAT, CES, NPS, reviews), support questions, store visits
 (identified by email only) and phone calls (identified by phone only). A share of customers
-(`negative_share`) also get negative experiences, reported by `negative_kinds`.
+(`negative_share`) also get negative experiences, reported by `negative_kinds` with the
+shared definition of each kind (`services.common.experience`).
 
 `python -m services.demo.journeys --help`: the command line lives in `services.demo.run`.
 """
@@ -29,30 +30,14 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.experience import NegativeExperience as Kind
+from services.common.experience import negative_experiences
+
 MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
 CURRENCY = "GBP"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-# Kinds of negative experience, as found in the events by `negative_kinds`.
-PAYMENT_FAILED = "payment_failed"
-LATE_DELIVERY = "late_delivery"
-REPEAT_CONTACT = "repeat_contact"
-COMPLAINT = "complaint"
-DETRACTOR = "detractor"
-LOW_CSAT = "low_csat"
-NEGATIVE_CHAT = "negative_chat"
-# Kind -> how the summary describes it.
-NEGATIVE_KINDS = {
-    PAYMENT_FAILED: "failed payment",
-    LATE_DELIVERY: "late or failed delivery",
-    REPEAT_CONTACT: "repeat contact, unresolved",
-    COMPLAINT: "complaint",
-    DETRACTOR: "NPS detractor (0-6)",
-    LOW_CSAT: "low CSAT (1-2)",
-    NEGATIVE_CHAT: "negative chat or post",
-}
 
 Channel: TypeAlias = ev.Channel.ValueType
 Stage: TypeAlias = ev.JourneyStage.ValueType
@@ -97,7 +82,7 @@ class Customer:
     city: str
     identifies: bool
     # The negative experiences planned for this customer, empty for most.
-    planned_negative: tuple[str, ...]
+    planned_negative: tuple[Kind, ...]
 
     @property
     def app_user(self) -> bool:
@@ -110,7 +95,7 @@ class Journey:
     # In occurred_at order.
     events: list[ev.TouchpointEvent]
     # What negative experiences the events show (see `negative_kinds`).
-    negative: frozenset[str]
+    negative: frozenset[Kind]
 
 
 @dataclass(frozen=True)
@@ -225,17 +210,19 @@ def money(pence: int) -> ev.Money:
     return ev.Money(currency_code=CURRENCY, units=pence // 100, nanos=(pence % 100) * 10_000_000)
 
 
-def _plan_negative(rng: random.Random) -> tuple[str, ...]:
-    kinds = {rng.choice(list(NEGATIVE_KINDS))}
-    kinds.update(k for k in NEGATIVE_KINDS if rng.random() < 0.15)
+def _plan_negative(rng: random.Random) -> tuple[Kind, ...]:
+    kinds = {rng.choice(list(Kind))}
+    kinds.update(k for k in Kind if rng.random() < 0.15)
     # Bad experiences cascade: a late parcel leads to calls, calls to complaints, and so on.
-    if LATE_DELIVERY in kinds and rng.random() < 0.5:
-        kinds.add(REPEAT_CONTACT)
-    if REPEAT_CONTACT in kinds and rng.random() < 0.4:
-        kinds.add(COMPLAINT)
-    if kinds & {REPEAT_CONTACT, COMPLAINT} and rng.random() < 0.5:
-        kinds.add(DETRACTOR)
-    return tuple(k for k in NEGATIVE_KINDS if k in kinds)
+    if Kind.LATE_DELIVERY in kinds and rng.random() < 0.5:
+        kinds.add(Kind.REPEAT_CONTACT)
+    if Kind.REPEAT_CONTACT in kinds and rng.random() < 0.4:
+        kinds.add(Kind.HIGH_EFFORT)
+    if Kind.REPEAT_CONTACT in kinds and rng.random() < 0.4:
+        kinds.add(Kind.COMPLAINT)
+    if kinds & {Kind.REPEAT_CONTACT, Kind.COMPLAINT} and rng.random() < 0.5:
+        kinds.add(Kind.DETRACTOR)
+    return tuple(k for k in Kind if k in kinds)
 
 
 def _phone(seed: int, index: int) -> str:
@@ -927,21 +914,23 @@ class _Story:
     def trouble(self, order: _Order) -> None:
         """Everything that follows a bad experience with `order`."""
         kinds = self.negative
-        if LATE_DELIVERY in kinds:
+        if Kind.LATE_DELIVERY in kinds:
             reason = "delivery.late"
-        elif PAYMENT_FAILED in kinds:
+        elif Kind.PAYMENT_FAILED in kinds:
             reason = "payment.failed"
         else:
             reason = self.rng.choice(ISSUES)
         case_id = self.tl.ref("case")
         self.tl.wait(HOUR, DAY)
-        if REPEAT_CONTACT in kinds:
-            first_channel = CHAT if NEGATIVE_CHAT in kinds else self.rng.choice((PHONE, EMAIL))
+        if Kind.REPEAT_CONTACT in kinds:
+            first_channel = (
+                CHAT if Kind.NEGATIVE_SENTIMENT in kinds else self.rng.choice((PHONE, EMAIL))
+            )
             self.contact(first_channel, reason, case_id, first=True, resolved=False, angry=True)
             repeats = self.rng.randint(1, 3)
-            # Angry chats are the negative_chat experience: other customers call or write.
+            # Angry chats are the negative_sentiment experience: others call or write.
             repeat_channels = (
-                (PHONE, PHONE, EMAIL, CHAT) if NEGATIVE_CHAT in kinds else (PHONE, EMAIL)
+                (PHONE, PHONE, EMAIL, CHAT) if Kind.NEGATIVE_SENTIMENT in kinds else (PHONE, EMAIL)
             )
             for n in range(repeats):
                 self.tl.wait(6 * HOUR, 2 * DAY)
@@ -949,32 +938,33 @@ class _Story:
                 resolved = n > 0 and n == repeats - 1 and self.rng.random() < 0.4
                 channel = self.rng.choice(repeat_channels)
                 self.contact(channel, reason, case_id, first=False, resolved=resolved, angry=True)
-        elif NEGATIVE_CHAT in kinds:
+        elif Kind.NEGATIVE_SENTIMENT in kinds:
             if self.rng.random() < 0.3:
                 self.chat(self.tl.ref("post"), SOCIAL, angry=True, public=True)
             else:
                 resolved = self.rng.random() < 0.5
                 self.contact(CHAT, reason, case_id, first=True, resolved=resolved, angry=True)
-        if COMPLAINT in kinds:
+        if Kind.COMPLAINT in kinds:
             self.complaint(reason)
-        if LOW_CSAT in kinds:
-            self.tl.wait(MINUTE, 6 * HOUR)
-            rated = self.last_contact or ("delivery.doorstep", order.order_id)
-            touchpoint = "survey.post_contact" if self.last_contact else "survey.post_delivery"
-            stage = SUPPORT if self.last_contact else PURCHASE
+        if Kind.LOW_CSAT in kinds:
             comment = self.rng.choice(("Took far too long.", "Nobody listened.", ""))
-            score = self.rng.randint(1, 2)
-            self.survey(ev.SurveyResponse.METRIC_CSAT, score, touchpoint, stage, rated, comment)
-        if self.last_contact and self.rng.random() < 0.4:
-            self.tl.wait(10, 300)
-            score = self.rng.randint(5, 7)
-            self.survey(
-                ev.SurveyResponse.METRIC_CES,
-                score,
-                "survey.post_contact",
-                SUPPORT,
-                self.last_contact,
-            )
+            self.rate(order, ev.SurveyResponse.METRIC_CSAT, self.rng.randint(1, 2), comment)
+        if Kind.HIGH_EFFORT in kinds:
+            self.rate(order, ev.SurveyResponse.METRIC_CES, self.rng.randint(5, 7))
+
+    def rate(
+        self,
+        order: _Order,
+        metric: ev.SurveyResponse.Metric.ValueType,
+        score: int,
+        comment: str = "",
+    ) -> None:
+        """A survey about the last support contact, or about the delivery of `order`."""
+        self.tl.wait(MINUTE, 6 * HOUR)
+        rated = self.last_contact or ("delivery.doorstep", order.order_id)
+        touchpoint = "survey.post_contact" if self.last_contact else "survey.post_delivery"
+        stage = SUPPORT if self.last_contact else PURCHASE
+        self.survey(metric, score, touchpoint, stage, rated, comment)
 
     def complaint(self, reason: str) -> None:
         complaint_id = self.tl.ref("cmpl")
@@ -1058,7 +1048,7 @@ class _Story:
 
     def nps(self) -> None:
         self.tl.wait(DAY, 4 * DAY)
-        if DETRACTOR in self.negative:
+        if Kind.DETRACTOR in self.negative:
             score = self.rng.randint(0, 6)
             comment = self.rng.choice(("Too many problems with my order.", "Poor service.", ""))
         else:
@@ -1083,10 +1073,10 @@ class _Story:
                 self.between_orders()
             bad = bool(self.negative) and k == trouble_at
             channel = APP if self.c.app_user and rng.random() < 0.5 else WEB
-            order = self.shop(channel, fail_payment=bad and PAYMENT_FAILED in self.negative)
+            order = self.shop(channel, fail_payment=bad and Kind.PAYMENT_FAILED in self.negative)
             placed.append(order)
-            self.fulfil(order, late=bad and LATE_DELIVERY in self.negative)
-            self.after_delivery(order, bad=bad and LATE_DELIVERY in self.negative)
+            self.fulfil(order, late=bad and Kind.LATE_DELIVERY in self.negative)
+            self.after_delivery(order, bad=bad and Kind.LATE_DELIVERY in self.negative)
             if bad:
                 self.trouble(order)
             elif k == question_at:
@@ -1097,7 +1087,7 @@ class _Story:
             self.store_visit()
         if rng.random() < 0.5:
             self.between_orders()
-        if DETRACTOR in self.negative or rng.random() < 0.35:
+        if Kind.DETRACTOR in self.negative or rng.random() < 0.35:
             self.nps()
 
 
@@ -1124,39 +1114,9 @@ def generate(config: DemoConfig, now: datetime) -> list[Journey]:
     return [generate_journey(config, i, i in negative, now) for i in range(config.customers)]
 
 
-def negative_kinds(events: Iterable[ev.TouchpointEvent]) -> frozenset[str]:
+def negative_kinds(events: Iterable[ev.TouchpointEvent]) -> frozenset[Kind]:
     """The kinds of negative experience that a customer's events show."""
-    kinds: set[str] = set()
-    late = (ev.DeliveryUpdate.STATUS_FAILED, ev.DeliveryUpdate.STATUS_RETURNED_TO_SENDER)
-    for event in events:
-        payload = event.WhichOneof("payload")
-        if payload == "payment_failed":
-            kinds.add(PAYMENT_FAILED)
-        elif payload == "delivery_update":
-            d = event.delivery_update
-            if d.status in late or (
-                d.status == ev.DeliveryUpdate.STATUS_DELIVERED
-                and d.HasField("promised_at")
-                and d.actual_at.ToNanoseconds() > d.promised_at.ToNanoseconds()
-            ):
-                kinds.add(LATE_DELIVERY)
-        elif payload == "support_contact":
-            s = event.support_contact
-            if not s.first_contact and not s.resolved:
-                kinds.add(REPEAT_CONTACT)
-        elif payload == "complaint":
-            kinds.add(COMPLAINT)
-        elif payload == "survey_response":
-            r = event.survey_response
-            if r.metric == ev.SurveyResponse.METRIC_NPS and r.score <= 6:
-                kinds.add(DETRACTOR)
-            elif r.metric == ev.SurveyResponse.METRIC_CSAT and r.score <= 2:
-                kinds.add(LOW_CSAT)
-        elif payload == "conversation_message":
-            m = event.conversation_message
-            if m.direction == ev.ConversationMessage.DIRECTION_INBOUND and m.sentiment < 0:
-                kinds.add(NEGATIVE_CHAT)
-    return frozenset(kinds)
+    return frozenset(kind for event in events for kind in negative_experiences(event))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 from cx.ingest.v1 import ingest_pb2_grpc
 
+from services.common.experience import NEGATIVE_KINDS
 from services.common.grpc_client import traced_channel
 from services.common.settings import grpc_ports
-from services.demo.journeys import NEGATIVE_KINDS, DemoConfig, Journey, generate
+from services.demo.journeys import DemoConfig, Journey, generate
 from services.demo.summary import DemoRun, Summary
 
 CONNECT_TIMEOUT_S = 5.0

@@ -8,19 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 
+from services.common.experience import NEGATIVE_KINDS, NegativeExperience
 from services.common.validation import normalise_and_validate
 from services.demo import summary
-from services.demo.journeys import (
-    DETRACTOR,
-    LOW_CSAT,
-    NEGATIVE_KINDS,
-    DemoConfig,
-    Journey,
-    generate,
-)
+from services.demo.journeys import DemoConfig, Journey, generate
 from services.demo.run import lanes
 from services.demo.summary import DemoRun, FunctionSection, Summary
 
+DETRACTOR, LOW_CSAT = NegativeExperience.DETRACTOR, NegativeExperience.LOW_CSAT
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CONFIG = DemoConfig(customers=2000, negative_share=0.15, seed=7, days=30)
 

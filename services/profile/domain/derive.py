@@ -17,6 +17,8 @@ from typing import Any
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.common.conditions import FieldValue as FieldValue
+from services.common.experience import CSAT_SATISFIED_FROM, on_scale
+from services.common.experience import nps_category as nps_category
 from services.profile.domain.effects import CHANNEL_NAMES
 from services.profile.domain.state import ProfileState
 
@@ -60,8 +62,9 @@ class DeriveConfig:
     inactivity_full_days: float = 90.0
     order_lapse_grace_days: float = 60.0
     order_lapse_full_days: float = 180.0
-    # Decayed CSAT at or above this counts 0; 1 of 5 counts 1 (linear between).
-    low_csat_from: float = 4.0
+    # Decayed CSAT at or above this counts 0; 1 of 5 counts 1 (linear between). Default:
+    # where a CSAT answer counts as satisfied, 4 of 5.
+    low_csat_from: float = on_scale(CSAT_SATISFIED_FROM, 0, 1, 1, 5)
     open_complaints_cap: int = 2
     repeat_contacts_cap: int = 3
     payment_failure_days: float = 30.0
@@ -301,14 +304,6 @@ def _consent(state: ProfileState) -> dict[str, bool]:
     return {
         purpose: latest.value.split("|", 1)[0] == "1" for purpose, latest in state.consent.items()
     }
-
-
-def nps_category(score: int | None) -> str | None:
-    if score is None:
-        return None
-    if score >= 9:
-        return "promoter"
-    return "passive" if score >= 7 else "detractor"
 
 
 def _score_at_most(value: float, edges: tuple[float, ...]) -> int:

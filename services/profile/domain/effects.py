@@ -2,7 +2,9 @@
 
 `effects_of(event)` turns an event into operations on the stored aggregates (see
 `state.py` for the layout) plus signals for the change-event outbox. The Redis apply
-script only interprets these operations, so every metric's definition lives here.
+script only interprets these operations, so every metric's definition lives here; what
+counts as a negative experience (detractor, satisfied CSAT, late delivery, negative
+sentiment...) is decided by `services.common.experience`, shared with the other services.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from typing import Any
 
 from cx.events.v1 import touchpoint_pb2 as ev
 
-from services.common.validation import scale_of
+from services.common.experience import (
+    ces_on_seven,
+    csat_on_five,
+    is_failed_delivery,
+    is_late_delivery,
+    is_negative_message,
+    is_satisfied_csat,
+    nps_category,
+    on_scale,
+)
 from services.profile.domain.state import decay_weight
 
 Op = list[Any]
@@ -25,9 +36,6 @@ STAGE_NAMES = {
     v.number: v.name.removeprefix("JOURNEY_STAGE_").lower()
     for v in ev.JourneyStage.DESCRIPTOR.values
 }
-# A CSAT answer counts as satisfied from 75% of its scale's range: 4 or 5 on 1-5.
-CSAT_SATISFIED_FROM = 0.75
-NEGATIVE_SENTIMENT = -0.3
 COMPLAINT_LIFECYCLE = {
     ev.Complaint.STATUS_OPENED: 1,
     ev.Complaint.STATUS_UPDATED: 2,
@@ -74,11 +82,6 @@ class Effects:
 
 def money(m: ev.Money) -> float:
     return m.units + m.nanos / 1e9
-
-
-def on_scale(score: int, low: int, high: int, to_low: float, to_high: float) -> float:
-    """Maps a score from its scale onto another, so answers on different scales combine."""
-    return to_low + (score - low) * (to_high - to_low) / (high - low)
 
 
 def timestamp_ms(event: ev.TouchpointEvent) -> int:
@@ -137,12 +140,9 @@ def _delivery_update(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     d = e.delivery_update
     if d.status == ev.DeliveryUpdate.STATUS_DELIVERED:
         fx.add("deliveries")
-        if (
-            d.HasField("promised_at")
-            and d.actual_at.ToNanoseconds() > d.promised_at.ToNanoseconds()
-        ):
+        if is_late_delivery(d):
             fx.add("late_deliveries")
-    elif d.status in (ev.DeliveryUpdate.STATUS_FAILED, ev.DeliveryUpdate.STATUS_RETURNED_TO_SENDER):
+    elif is_failed_delivery(d):
         fx.add("failed_deliveries")
     fx.latest("u.commerce", e.event_id)
 
@@ -162,25 +162,25 @@ def _support_contact(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
 
 def _survey_response(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     s = e.survey_response
-    low, high = scale_of(s)
     fx.latest("u.cx", e.event_id)
     if s.metric == ev.SurveyResponse.METRIC_CSAT:
-        on_five = on_scale(s.score, low, high, 1, 5)
+        on_five = csat_on_five(s)
         fx.add("csat.count")
-        if on_scale(s.score, low, high, 0, 1) >= CSAT_SATISFIED_FROM:
+        if is_satisfied_csat(s):
             fx.add("csat.satisfied")
         fx.decayed("csat", on_five, ts)
         fx.latest("csat", f"{on_five:.2f}")
     elif s.metric == ev.SurveyResponse.METRIC_NPS:
         fx.add("nps.count")
         fx.latest("nps", str(s.score))
-        if s.score >= 9:
+        category = nps_category(s.score)
+        if category == "promoter":
             fx.add("nps.promoters")
-        elif s.score <= 6:
+        elif category == "detractor":
             fx.add("nps.detractors")
             fx.signal("nps_detractor", score=s.score, event_id=e.event_id, comment=s.comment[:200])
     elif s.metric == ev.SurveyResponse.METRIC_CES:
-        on_seven = on_scale(s.score, low, high, 1, 7)
+        on_seven = ces_on_seven(s)
         fx.add("ces.count")
         fx.add("ces.sum", on_seven)
         fx.latest("ces", f"{on_seven:.2f}")
@@ -221,7 +221,7 @@ def _conversation_message(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
         return
     fx.add("messages")
     fx.decayed("sentiment", m.sentiment, ts)
-    if m.sentiment <= NEGATIVE_SENTIMENT:
+    if is_negative_message(m):
         fx.add("negative_messages")
     fx.latest("u.cx", e.event_id)
 
