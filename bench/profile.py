@@ -31,7 +31,7 @@ from bench.stats import Figures, print_ratio, print_table
 from services.common.kafka_io import reliable_producer, send_touchpoint, touchpoint_headers
 from services.common.settings import kafka_settings, redis_settings
 from services.demo.journeys import DemoConfig, generate
-from services.profile.adapters.store import SUBKEYS, as_text
+from services.profile.adapters.layout import Keys, Stat, as_text, split_member
 from services.profile.isolation import IsolatedPipeline
 
 GOAL_EVENTS_PER_S = 10_000
@@ -65,7 +65,7 @@ def drain(
     first_at, first_count = None, 0
     done = 0
     while done < total:
-        done = pipeline.stat("applied") + pipeline.stat("blocked") + pipeline.stat("suppressed")
+        done = sum(map(pipeline.stat, (Stat.APPLIED, Stat.BLOCKED, Stat.SUPPRESSED)))
         now = time.monotonic()
         if first_at is None and done > 0:
             first_at, first_count = now, done
@@ -90,7 +90,7 @@ def latency(
     headers = touchpoint_headers()
     sent_at: dict[str, float] = {}
     lock = threading.Lock()
-    seen_prefix = f"{pipeline.settings.key_prefix}seen:"
+    keys = Keys(pipeline.settings.key_prefix)
     latencies: list[float] = []
     finished = threading.Event()
 
@@ -104,7 +104,7 @@ def latency(
             if pending:
                 pipe = client.pipeline(transaction=False)
                 for event_id, _ in pending:
-                    pipe.exists(seen_prefix + event_id)
+                    pipe.exists(keys.seen(event_id))
                 now = time.perf_counter()
                 for (event_id, t0), exists in zip(pending, pipe.execute(), strict=True):
                     if exists:
@@ -135,29 +135,27 @@ def latency(
 
 def memory_per_profile(pipeline: IsolatedPipeline, sample: int = 300) -> dict[str, float]:
     r = pipeline.redis
-    prefix = pipeline.settings.key_prefix
+    keys = Keys(pipeline.settings.key_prefix)
     ids: list[str] = []
-    for key in r.scan_iter(match=f"{prefix}p:*", count=1000):
-        name = as_text(key)[len(prefix) + 2 :]
-        if ":" not in name:
-            ids.append(name)
+    for key in r.scan_iter(match=keys.profile("*"), count=1000):
+        pid = keys.profile_id_of(key)
+        if pid is not None:
+            ids.append(pid)
         if len(ids) >= sample:
             break
     profile_bytes, archive_bytes, events = [], [], []
     for pid in ids:
-        base = f"{prefix}p:{pid}"
+        archive = keys.profile(pid, "events")
         total = 0
-        for sub in ("", *SUBKEYS):
-            if sub == "events":
-                continue
-            total += r.memory_usage(base + (f":{sub}" if sub else ""), samples=0) or 0
-        for member in r.hkeys(f"{base}:ids"):
-            t, _, value = as_text(member).partition(":")
-            total += r.memory_usage(f"{prefix}id:{t}:{value}", samples=0) or 0
+        for key in keys.all_of_profile(pid):
+            if key != archive:
+                total += r.memory_usage(key, samples=0) or 0
+        for member in r.hkeys(keys.profile(pid, "ids")):
+            total += r.memory_usage(keys.identity(*split_member(as_text(member))), samples=0) or 0
         profile_bytes.append(total)
-        archive_bytes.append(r.memory_usage(f"{base}:events", samples=0) or 0)
-        events.append(r.zcard(f"{base}:events"))
-    seen = next(iter(r.scan_iter(match=f"{prefix}seen:*", count=1000)), None)
+        archive_bytes.append(r.memory_usage(archive, samples=0) or 0)
+        events.append(r.zcard(archive))
+    seen = next(iter(r.scan_iter(match=keys.seen("*"), count=1000)), None)
     return {
         "profiles sampled": len(ids),
         "mean bytes per profile (no archive)": statistics.mean(profile_bytes),

@@ -11,7 +11,7 @@ from cx.profile.v1 import profile_pb2_grpc
 
 from services.common.settings import grpc_ports, redis_settings
 from services.demo.summary import DemoRun, SectionUnavailable, register
-from services.profile.adapters.store import as_text
+from services.profile.adapters.layout import Keys, Stat, decode_stats
 from services.profile.domain.segments import load_segments
 from services.profile.settings import ProfileSettings
 
@@ -24,13 +24,12 @@ class ProfileSection:
     title = "Profiles"
 
     def __init__(self) -> None:
-        self.settings = ProfileSettings()
+        self.keys = Keys(ProfileSettings().key_prefix)
         self.redis = redis.Redis.from_url(redis_settings().redis_url, socket_timeout=5)
         self.start: dict[str, int] = {}
 
     def _stats(self) -> dict[str, int]:
-        raw = self.redis.hgetall(f"{self.settings.key_prefix}stats")
-        return {as_text(k): int(v) for k, v in raw.items()}
+        return decode_stats(self.redis.hgetall(self.keys.stats))
 
     def before(self) -> None:
         try:
@@ -38,7 +37,7 @@ class ProfileSection:
         except redis.RedisError as exc:
             raise SectionUnavailable(f"Redis is not reachable: {exc}") from exc
 
-    def _delta(self, name: str) -> int:
+    def _delta(self, name: Stat) -> int:
         return self._stats().get(name, 0) - self.start.get(name, 0)
 
     def _wait_for_worker(self, target: int) -> tuple[int, float]:
@@ -46,7 +45,7 @@ class ProfileSection:
         began = last_change = time.monotonic()
         seen = -1
         while True:
-            done = self._delta("applied") + self._delta("blocked") + self._delta("suppressed")
+            done = sum(map(self._delta, (Stat.APPLIED, Stat.BLOCKED, Stat.SUPPRESSED)))
             now = time.monotonic()
             if done != seen:
                 seen, last_change = done, now
@@ -59,14 +58,15 @@ class ProfileSection:
         if done == 0 and run.accepted:
             raise SectionUnavailable("the profile worker applied nothing: is it running?")
         stats = self._stats()
-        created, merges = self._delta("profiles_created"), self._delta("merges")
+        created, merges = self._delta(Stat.PROFILES_CREATED), self._delta(Stat.MERGES)
+        profiles = stats.get(Stat.PROFILES_CREATED, 0) - stats.get(Stat.MERGES, 0)
         out = [
-            f"events applied to profiles: {self._delta('applied')} of {run.accepted} "
+            f"events applied to profiles: {self._delta(Stat.APPLIED)} of {run.accepted} "
             f"(caught up in {waited:.1f}s)",
-            f"identity stitching: {self._delta('stitched')} identifiers linked to a known "
+            f"identity stitching: {self._delta(Stat.STITCHED)} identifiers linked to a known "
             f"profile, {merges} profiles merged; {created - merges} profiles for "
             f"{len(run.customers)} customers",
-            f"all time: {stats.get('profiles_created', 0) - stats.get('merges', 0)} profiles",
+            f"all time: {profiles} profiles",
         ]
         ports = grpc_ports()
         with grpc.insecure_channel(f"{ports.grpc_host}:{ports.profile_grpc_port}") as channel:

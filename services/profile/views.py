@@ -9,6 +9,7 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 
 from services.common.identifiers import BY_CODE
+from services.profile.adapters.layout import decode_consent
 from services.profile.adapters.reader import LoadedProfile
 from services.profile.domain.derive import derive
 from services.profile.domain.segments import Segment, evaluate
@@ -52,14 +53,13 @@ def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: in
     _freshness(profile.traits_updated, u("u.traits"))
 
     for purpose, item in sorted(state.consent.items()):
-        granted, _, rest = item.value.partition("|")
-        source, _, event_id = rest.partition("|")
+        given = decode_consent(item.value)
         consent = profile.consents.add(
             purpose=ev.ConsentChange.Purpose.Value(f"PURPOSE_{purpose.upper()}"),
-            granted=granted == "1",
-            source_system=source,
+            granted=given.granted,
+            source_system=given.source_system,
         )
-        _freshness(consent.updated, Latest(event_id, item.ts_ms))
+        _freshness(consent.updated, Latest(given.event_id, item.ts_ms))
 
     a = d.activity
     activity = profile.activity

@@ -11,8 +11,8 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.profile.adapters.layout import as_text
 from services.profile.adapters.reader import ProfileReader
-from services.profile.adapters.store import as_text
 from services.profile.server import build_server as build_profile
 from services.profile.settings import ProfileSettings
 from tests.integration.profile_harness import ProfileHarness

@@ -8,8 +8,16 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from cx.events.v1 import touchpoint_pb2 as ev
 
-from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply, as_text
-from services.profile.domain.effects import effects_of
+from services.profile.adapters.layout import (
+    Stat,
+    as_text,
+    decode_lineage,
+    decode_stats,
+    identifier_member,
+    split_member,
+)
+from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
+from services.profile.domain.effects import effects_of, timestamp_ms
 from tests.factories import page_view, survey
 
 
@@ -52,9 +60,10 @@ async def test_anonymous_browsing_then_login_stitches_one_profile(
     main = await redis_client.hgetall(profile_store.keys.profile(known_pid))
     assert main[b"c:events"] == b"4"
     assert not await redis_client.exists(profile_store.keys.profile(anon_pid))
-    lineage = await redis_client.hget(profile_store.keys.profile(known_pid, "ids"), "a:dev-1")
+    member = identifier_member("a", "dev-1")
+    lineage = await redis_client.hget(profile_store.keys.profile(known_pid, "ids"), member)
     assert lineage is not None
-    assert as_text(lineage).split("|")[0] == browsing[0].event_id
+    assert decode_lineage(member, as_text(lineage)).event_id == browsing[0].event_id
 
     # An event still keyed by the merged profile lands on the survivor.
     late = page_view(anonymous_id="dev-1")
@@ -142,3 +151,43 @@ async def test_publication_trims_the_outbox_and_indexes_segments(
     # Publishing for a profile that no longer exists recreates nothing.
     await profile_store.publish([SnapshotUpdate("p_gone", {"stage": "x"}, ("detractors",))])
     assert not await redis_client.exists(profile_store.keys.profile("p_gone"))
+
+
+async def test_the_scripts_write_only_keys_and_values_the_layout_names(
+    profile_store: ProfileStore, redis_client: aioredis.Redis
+) -> None:
+    keys = profile_store.keys
+    anon = page_view(anonymous_id="dev-k")
+    known = survey(ev.SurveyResponse.METRIC_NPS, 1, customer_id="c-k")
+    login = page_view(anonymous_id="dev-k", customer_id="c-k", email="k@example.com")
+    events = [anon, known, login]
+    for event in events:
+        _, (pid,) = await resolve_and_apply(profile_store, [event])
+    assert pid is not None
+    await profile_store.publish([SnapshotUpdate(pid, {"segments": "detractors"}, ("detractors",))])
+
+    members = {
+        as_text(m): as_text(v)
+        for m, v in (await redis_client.hgetall(keys.profile(pid, "ids"))).items()
+    }
+    named = {
+        *keys.all_of_profile(pid),
+        *(keys.identity(*split_member(m)) for m in members),
+        *(keys.seen(e.event_id) for e in events),
+        keys.segment("detractors"),
+        keys.alias,
+        keys.stats,
+        keys.salt,
+    }
+    written = {as_text(k) async for k in redis_client.scan_iter(match=f"{keys.prefix}*")}
+    assert written - named == set()
+
+    email = identifier_member("e", "k@example.com")
+    lineage = decode_lineage(email, members[email])
+    assert (lineage.event_id, lineage.linked_at_ms, lineage.source_system) == (
+        login.event_id,
+        timestamp_ms(login),
+        "tests",
+    )
+    stats = decode_stats(await redis_client.hgetall(keys.stats))
+    assert (stats[Stat.APPLIED], stats[Stat.PROFILES_CREATED], stats[Stat.MERGES]) == (3, 2, 1)

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 
-from services.profile.adapters.store import state_to_redis
+from services.profile.adapters.layout import contact_member as member_of
+from services.profile.adapters.layout import state_to_redis
 from services.profile.domain.effects import Effects
-from services.profile.domain.fold import Folder, apply_effects, differences, fold, member_of
+from services.profile.domain.fold import Folder, apply_effects, differences, fold
 from services.profile.domain.state import Contact, Latest, ProfileState
 
 DAY_MS = 86_400_000

@@ -1,4 +1,5 @@
-"""Synchronous Redis access for the profile gRPC server: reads, export and erasure."""
+"""Synchronous Redis access for the profile gRPC server: reads, export and erasure.
+Key names and encodings are `layout.py`'s."""
 
 from __future__ import annotations
 
@@ -13,24 +14,36 @@ import redis
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.common.identifiers import identifiers_of
-from services.profile.adapters.store import (
+from services.profile.adapters.layout import (
+    CREATED,
+    EVENTS,
+    FOLLOW_HOPS,
+    IDENTITY_UPDATED,
+    LATEST_HASHES,
+    SEGMENTS,
+    SNAPSHOT,
     Keys,
+    Lineage,
     StoredProfile,
     as_text,
+    decode_lineage,
+    decode_merge,
+    decode_segment_list,
+    erased_digest,
+    id_count_field,
+    identifier_member,
     lua_script,
+    main_field,
+    split_member,
     state_to_redis,
+    text_map,
 )
 from services.profile.domain.effects import timestamp_ms
 from services.profile.domain.fold import fold
 from services.profile.settings import ProfileSettings
 
-
-@dataclass(frozen=True)
-class Lineage:
-    identifier: tuple[str, str]
-    event_id: str
-    linked_at_ms: int
-    source_system: str
+# Lineage is imported from here by callers written before layout.py.
+__all__ = ["Lineage", "LoadedProfile", "ProfileReader", "ProfileSplitter", "SplitConflict"]
 
 
 @dataclass
@@ -46,7 +59,7 @@ class ProfileReader:
         self.keys = Keys(settings.key_prefix)
 
     def follow(self, pid: str) -> str:
-        for _ in range(16):
+        for _ in range(FOLLOW_HOPS):
             nxt = self.client.hget(self.keys.alias, pid)
             if nxt is None:
                 return pid
@@ -68,35 +81,25 @@ class ProfileReader:
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.profile(pid))
         pipe.hgetall(self.keys.profile(pid, "ids"))
-        for sub in ("traits", "consent", "complaints"):
+        for sub in LATEST_HASHES:
             pipe.hgetall(self.keys.profile(pid, sub))
         pipe.zrange(self.keys.profile(pid, "contacts"), 0, -1, withscores=True)
         pipe.hgetall(self.keys.profile(pid, "touchpoints"))
         main, ids, traits, consent, complaints, contacts, touchpoints = pipe.execute()
         if not ids:
             return None
-        links = {as_text(k): as_text(v) for k, v in ids.items()}
-        idents = sorted(links)
-        lineage = []
-        for ident in idents:
-            t, _, value = ident.partition(":")
-            event_id, at, source = [*links[ident].split("|", 2), "", ""][:3]
-            lineage.append(Lineage((t, value), event_id, int(at or 0), source))
-
-        def text_map(raw: dict[bytes, bytes]) -> dict[str, str]:
-            return {as_text(k): as_text(v) for k, v in raw.items()}
-
+        links = text_map(ids)
         stored = StoredProfile(
             pid,
             text_map(main),
-            set(idents),
+            set(links),
             text_map(traits),
             text_map(consent),
             text_map(complaints),
             {as_text(m): float(s) for m, s in contacts},
             touchpoints=text_map(touchpoints),
         )
-        return LoadedProfile(stored, lineage)
+        return LoadedProfile(stored, [decode_lineage(m, links[m]) for m in sorted(links)])
 
     def workers_alive(self) -> int:
         """Stream workers whose heartbeat has not expired."""
@@ -121,14 +124,13 @@ class ProfileReader:
         return as_text(self.client.get(self.keys.salt) or b"")
 
     def erase(self, pid: str) -> tuple[int, int]:
-        """Deletes every key of the profile and its identity links; identifiers are kept
-        only as salted hashes that expire after the suppression period."""
+        """Keys deleted and identifiers suppressed; (0, 0) when there is no such profile."""
         loaded = self.load(pid)
         if loaded is None:
             return 0, 0
         salt = self.erasure_salt()
         ttl = self.settings.erasure_suppression_days * 86_400
-        segments = loaded.stored.main.get("s:segments", "")
+        segments = loaded.stored.main.get(main_field(SNAPSHOT, SEGMENTS), "")
         aliases = [
             as_text(k) for k, v in self.client.hgetall(self.keys.alias).items() if as_text(v) == pid
         ]
@@ -136,9 +138,8 @@ class ProfileReader:
         keys = self.keys.all_of_profile(pid)
         for t, value in (ln.identifier for ln in loaded.lineage):
             keys.append(self.keys.identity(t, value))
-            digest = hashlib.sha1(f"{salt}{t}:{value}".encode()).hexdigest()
-            pipe.set(f"{self.settings.key_prefix}erased:{digest}", 1, ex=ttl)
-        for seg in filter(None, segments.split(",")):
+            pipe.set(self.keys.erased(erased_digest(salt, t, value)), 1, ex=ttl)
+        for seg in decode_segment_list(segments):
             pipe.zrem(self.keys.segment(seg), pid)
         if aliases:
             pipe.hdel(self.keys.alias, *aliases)
@@ -151,18 +152,26 @@ class SplitConflict(Exception):
     """The profile kept changing while it was being split; the caller may retry."""
 
 
-# Fields a rebuild keeps from the stored profile: they are not derived from its events.
 def _kept(main: dict[str, str]) -> dict[str, str]:
+    """Fields a rebuild keeps from the stored profile: they are not derived from its
+    events (the published snapshot, creation, the last identity change)."""
     return {
-        k: v for k, v in main.items() if k.startswith("s:") or k in ("mn:created", "l:u.identity")
+        k: v
+        for k, v in main.items()
+        if k.startswith(main_field(SNAPSHOT, "")) or k in (CREATED, IDENTITY_UPDATED)
     }
 
 
 def _id_counts(ids: set[str]) -> dict[str, str]:
     counts: dict[str, int] = {}
-    for ident in ids:
-        counts[ident[0]] = counts.get(ident[0], 0) + 1
-    return {f"c:ids.{t}": str(n) for t, n in counts.items()}
+    for member in ids:
+        t, _ = split_member(member)
+        counts[t] = counts.get(t, 0) + 1
+    return {id_count_field(t): str(n) for t, n in counts.items()}
+
+
+def _members(event: ev.TouchpointEvent) -> set[str]:
+    return {identifier_member(t, v) for t, v in identifiers_of(event)}
 
 
 class ProfileSplitter:
@@ -179,18 +188,14 @@ class ProfileSplitter:
                 return "gone"
             events = self.reader.events(pid)
             remaining = loaded.stored.ids - moving
-
-            def idents(e: ev.TouchpointEvent) -> set[str]:
-                return {f"{t}:{v}" for t, v in identifiers_of(e)}
-
-            theirs = [e for e in events if idents(e) & moving and not idents(e) & remaining]
+            theirs = [e for e in events if _members(e) & moving and not _members(e) & remaining]
             ours = [e for e in events if e not in theirs]
             source_side = state_to_redis(fold(ours, pid))
             source_side["main"].update(_kept(loaded.stored.main))
             source_side["main"].update(_id_counts(remaining))
             target_side = state_to_redis(fold(theirs, target))
             first = min((timestamp_ms(e) for e in theirs), default=int(time.time() * 1000))
-            target_side["main"].update({"mn:created": str(first), **_id_counts(moving)})
+            target_side["main"].update({CREATED: str(first), **_id_counts(moving)})
             plan = {
                 "source": source_side,
                 "target": target_side,
@@ -203,7 +208,7 @@ class ProfileSplitter:
                         self.reader.settings.key_prefix,
                         pid,
                         target,
-                        loaded.stored.main.get("c:events", ""),
+                        loaded.stored.main.get(EVENTS, ""),
                         json.dumps(plan),
                         *[e.SerializeToString() for e in theirs],
                     ]
@@ -224,11 +229,11 @@ class ProfileSplitter:
         """Restores `merged_pid` with the identifiers it brought; None if no such merge."""
         for raw in self.reader.client.lrange(self.reader.keys.profile(pid, "merges"), 0, -1):
             record = as_text(raw)
-            entry = json.loads(record)
-            if entry.get("loser") != merged_pid:
+            entry = decode_merge(record)
+            if entry.loser != merged_pid:
                 continue
             loaded = self.reader.load(pid)
-            ids = set(entry.get("ids") or []) & (loaded.stored.ids if loaded else set())
+            ids = set(entry.ids) & (loaded.stored.ids if loaded else set())
             if not ids:
                 return None
             outcome = self.split(pid, ids, merged_pid, record)

@@ -15,7 +15,9 @@ events here and compare with what Redis stored (`differences`). The op semantics
   greatest ts (ZADD GT).
 
 An event id applies once per fold; every identifier an event carries is added to
-`identities` as (code, value), codes from `services/common/identifiers.py`.
+`identities` as (code, value), codes from `services/common/identifiers.py`. Sub-map,
+counter hash and sorted set names, and contact members, are the stored layout's
+(`services/profile/adapters/layout.py`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from typing import Any
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.common.identifiers import identifiers_of as identifiers_of
+from services.profile.adapters.layout import (
+    COUNTER_HASHES,
+    LATEST_HASHES,
+    SORTED_SETS,
+    contact_member,
+    decode_contact,
+)
 from services.profile.domain.effects import Effects, effects_of, timestamp_ms
-from services.profile.domain.state import Contact, Latest, ProfileState
-from services.profile.domain.state import _contact as parse_contact
-
-SUB_MAPS = ("traits", "consent", "complaints")
-SORTED_SETS = ("contacts",)
+from services.profile.domain.state import Latest, ProfileState
 
 
 def _newer(ts_ms: int, value: str, current: Latest | None) -> bool:
@@ -41,21 +46,16 @@ def _newer(ts_ms: int, value: str, current: Latest | None) -> bool:
     return ts_ms > current.ts_ms or (ts_ms == current.ts_ms and value > current.value)
 
 
-def member_of(contact: Contact) -> str:
-    """The sorted-set member a Contact was parsed from."""
-    return f"{contact.contact_id}|{contact.reason}|{int(contact.resolved)}"
-
-
 def _add_contact(state: ProfileState, member: str, ts_ms: int) -> None:
     for i, existing in enumerate(state.contacts):
-        if member_of(existing) == member:
+        if contact_member(existing) == member:
             if ts_ms > existing.ts_ms:
-                state.contacts[i] = parse_contact(member, ts_ms)
+                state.contacts[i] = decode_contact(member, ts_ms)
             break
     else:
-        state.contacts.append(parse_contact(member, ts_ms))
+        state.contacts.append(decode_contact(member, ts_ms))
     # The order Redis returns a sorted set in: by score, then by member.
-    state.contacts.sort(key=lambda c: (c.ts_ms, member_of(c)))
+    state.contacts.sort(key=lambda c: (c.ts_ms, contact_member(c)))
 
 
 def apply_effects(state: ProfileState, effects: Effects, ts_ms: int) -> None:
@@ -78,13 +78,13 @@ def apply_effects(state: ProfileState, effects: Effects, ts_ms: int) -> None:
                 state.latest[name] = Latest(value, ts_ms)
         elif kind == "h":
             sub, key, value = op[1], op[2], str(op[3])
-            if sub not in SUB_MAPS:
+            if sub not in LATEST_HASHES:
                 raise ValueError(f"unknown sub-map {sub!r} in op {op!r}")
             target: dict[str, Latest] = getattr(state, sub)
             if _newer(ts_ms, value, target.get(key)):
                 target[key] = Latest(value, ts_ms)
         elif kind == "hc":
-            if op[1] != "touchpoints":
+            if op[1] not in COUNTER_HASHES:
                 raise ValueError(f"unknown counter hash {op[1]!r} in op {op!r}")
             state.touchpoints[op[2]] = state.touchpoints.get(op[2], 0) + int(op[3])
         elif kind == "z":
@@ -143,6 +143,6 @@ def differences(
         )
     if expected.touchpoints != actual.touchpoints:
         out.append(f"touchpoints: expected {expected.touchpoints}, got {actual.touchpoints}")
-    if sorted(expected.contacts, key=member_of) != sorted(actual.contacts, key=member_of):
+    if sorted(expected.contacts, key=contact_member) != sorted(actual.contacts, key=contact_member):
         out.append(f"contacts: expected {expected.contacts}, got {actual.contacts}")
     return out

@@ -1,12 +1,12 @@
 """The profile as stored: aggregates that any order of events (and any merge) agrees on.
 
-The Redis layout is generic so that applying and merging need no per-metric code in Lua:
+The stored layout is generic so that applying and merging need no per-metric code in Lua
+(key names and encodings: `services/profile/adapters/layout.py`):
 
-- main hash `cx:p:{id}`, fields named by how they combine:
-  `c:<name>` sums (counters, money), `mn:<name>` minimum, `mx:<name>` maximum,
-  `l:<name>` = `<ts_ms>|<value>` latest value by event time, `s:<name>` the derived snapshot
-  last published as change events;
-- sub-hashes (traits, consent, complaints) whose values are `<ts_ms>|<value>`, latest wins;
+- a main hash, fields named by how they combine: sums (counters, money), minimum,
+  maximum, latest value by event time, and the derived snapshot last published as change
+  events;
+- sub-hashes (traits, consent, complaints) of latest values by event time;
 - sorted sets (support contacts, the event archive) scored by event time;
 - a counter hash of events per touchpoint (summed on merge).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 # Reference time of the decay weights; weights stay well inside a double for decades.
 DECAY_EPOCH_MS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -78,52 +79,10 @@ class ProfileState:
 
     @classmethod
     def from_redis(
-        cls,
-        profile_id: str,
-        main: Mapping[str, str],
-        *,
-        identities: set[str] | frozenset[str] = frozenset(),
-        traits: Mapping[str, str] | None = None,
-        consent: Mapping[str, str] | None = None,
-        complaints: Mapping[str, str] | None = None,
-        contacts: Mapping[str, float] | None = None,
-        touchpoints: Mapping[str, str] | None = None,
+        cls, profile_id: str, main: Mapping[str, str], **structures: Any
     ) -> ProfileState:
-        state = cls(profile_id)
-        for key, value in main.items():
-            kind, _, name = key.partition(":")
-            if kind == "c":
-                state.sums[name] = float(value)
-            elif kind == "mn":
-                state.minima[name] = float(value)
-            elif kind == "mx":
-                state.maxima[name] = float(value)
-            elif kind == "l":
-                ts, _, latest = value.partition("|")
-                state.latest[name] = Latest(latest, int(ts))
-            elif kind == "s":
-                state.snapshot[name] = value
-        state.identities = {tuple(i.split(":", 1)) for i in identities}  # type: ignore[misc]
-        state.traits = _latest_map(traits)
-        state.consent = _latest_map(consent)
-        state.complaints = _latest_map(complaints)
-        state.touchpoints = {k: int(v) for k, v in (touchpoints or {}).items()}
-        state.contacts = sorted(
-            (_contact(member, score) for member, score in (contacts or {}).items()),
-            key=lambda c: c.ts_ms,
-        )
-        return state
+        """The state of a profile's stored structures: `layout.state_from_redis`, the
+        codec of the stored format, imported here since the layout imports this module."""
+        from services.profile.adapters.layout import state_from_redis
 
-
-def _latest_map(raw: Mapping[str, str] | None) -> dict[str, Latest]:
-    out = {}
-    for key, packed in (raw or {}).items():
-        ts, _, value = packed.partition("|")
-        out[key] = Latest(value, int(ts))
-    return out
-
-
-def _contact(member: str, score: float) -> Contact:
-    # member: "<contact_id>|<reason>|<resolved 0/1>"
-    contact_id, reason, resolved = [*member.split("|"), "", ""][:3]
-    return Contact(int(score), contact_id, reason, resolved == "1")
+        return state_from_redis(profile_id, main, **structures)
