@@ -1,4 +1,5 @@
-"""The Faust app the benchmark's comparison workers share (environment as the worker's)."""
+"""The Faust app the benchmark's comparison workers share: built by the same factory as
+the real worker's (`services.common.stream_worker.faust_app`), on the same settings."""
 
 from __future__ import annotations
 
@@ -6,26 +7,16 @@ import sys
 
 import faust
 
-from services.common.settings import kafka_settings
+from services.common.settings import kafka_settings, process_settings
+from services.common.stream_worker import faust_app, raw_topic
 from services.profile.settings import ProfileSettings
 
-kafka = kafka_settings()
-settings = ProfileSettings()
 
-
-def comparison_app() -> tuple[faust.App, faust.TopicT]:
+def comparison_app(settings: ProfileSettings) -> tuple[faust.App, faust.TopicT]:
     """An app on the touchpoint topic, configured as the real worker's."""
-    app = faust.App(
-        settings.consumer_group,
-        broker=f"kafka://{kafka.kafka_bootstrap_servers}",
-        store="memory://",
-        value_serializer="raw",
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10,
-        broker_heartbeat_interval=3,
-        web_enabled=False,
-    )
-    return app, app.topic(kafka.touchpoints_topic, value_type=bytes)
+    kafka = kafka_settings()
+    app = faust_app(settings.consumer_group, kafka, process_settings().cx_var_dir / "faust")
+    return app, raw_topic(app, kafka.touchpoints_topic)
 
 
 def run_worker(app: faust.App) -> None:

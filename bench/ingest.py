@@ -20,7 +20,8 @@ from cx.ingest.v1 import ingest_pb2_grpc
 
 from bench.stats import Figures, print_ratio, print_table
 from services.common.kafka_io import reliable_producer, send_touchpoint, touchpoint_headers
-from services.common.settings import grpc_ports, kafka_settings
+from services.common.settings import grpc_address, kafka_settings
+from services.ingest.settings import IngestSettings
 
 GOAL_BATCH_VS_RAW = 0.5
 
@@ -103,8 +104,7 @@ def track(
 
 
 def run(events_count: int = 30_000, track_count: int = 3_000) -> None:
-    ports = grpc_ports()
-    target = f"{ports.grpc_host}:{ports.ingest_grpc_port}"
+    target = grpc_address(IngestSettings().grpc_port)
     with grpc.insecure_channel(target) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         track(stub, make_events(200), clients=4)  # warm up connections and code paths

@@ -15,7 +15,8 @@ from cx.ingest.v1 import ingest_pb2_grpc
 from google.protobuf import json_format
 
 from services.common.grpc_client import traced_channel
-from services.common.settings import grpc_ports
+from services.common.settings import grpc_address
+from services.ingest.settings import IngestSettings
 
 
 @dataclass
@@ -94,7 +95,6 @@ def _cmd_events_send(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ports = grpc_ports()
     parser = argparse.ArgumentParser(prog="cx", description="cx-platform command line")
     groups = parser.add_subparsers(dest="group", required=True)
     events = groups.add_parser("events", help="touchpoint events").add_subparsers(
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "send", help="send JSON-lines events (protobuf JSON mapping) through ingestion"
     )
     send.add_argument("file", nargs="?", default="-", help="file of JSON lines, - for stdin")
-    send.add_argument("--target", default=f"{ports.grpc_host}:{ports.ingest_grpc_port}")
+    send.add_argument("--target", default=grpc_address(IngestSettings().grpc_port))
     send.add_argument("--batch-size", type=int, default=500)
     send.set_defaults(run=_cmd_events_send)
     return parser

@@ -1,10 +1,14 @@
-"""Infrastructure failures become a retryable UNAVAILABLE, for every servicer.
+"""How every servicer's outcomes become status codes, in one interceptor.
 
-A handler that meets an unreachable Redis or Kafka (or any refused or timed-out
-connection) should not answer UNKNOWN with a traceback: the client can do nothing with
-that, and the log fills with stack traces for one known condition. `UnavailableInterceptor`
-answers such calls `UNAVAILABLE` with a short message naming the dependency, and logs one
-line; every server built with `services.common.grpc_server.ServiceServer` has it.
+Handlers do not call `context.abort`: they return a reply or raise.
+- A `ServiceError` (`InvalidArgument` naming the field, `NotFound`, `FailedPrecondition`,
+  `Aborted`, `DependencyUnavailable`) is answered with its code and details.
+- An infrastructure exception (an unreachable Redis or Kafka, any refused or timed-out
+  connection) is answered `UNAVAILABLE` with a short message naming the dependency, and
+  one log line, rather than UNKNOWN with a traceback the client can do nothing with.
+- Every call is counted by method and code (`cx_grpc_server_calls_total`).
+`StatusInterceptor` does this for every server built with
+`services.common.grpc_server.ServiceServer`.
 """
 
 from __future__ import annotations
@@ -12,15 +16,69 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import redis.exceptions
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
+CALLS = Counter(
+    "cx_grpc_server_calls", "gRPC calls answered, by method and status code", ["method", "code"]
+)
 
-class DependencyUnavailable(Exception):
+
+class ServiceError(Exception):
+    """An outcome other than OK that a handler decided; its message is the details."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+    @property
+    def details(self) -> str:
+        return str(self)
+
+
+class InvalidRequest(ServiceError):
+    """The request is wrong; the details name each field and what is wrong with it."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidArgument(InvalidRequest):
+    """One request field is wrong: details are `field: what is wrong`."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(ServiceError):
+    """A concurrent change got in the way; the client may retry the call."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Internal(ServiceError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(ServiceError):
+    """Retryable: the service cannot answer now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DependencyUnavailable(Unavailable):
     """A dependency cannot be reached now; the call may succeed if retried.
 
     The message is shown to clients, so it says what is unavailable and nothing about
@@ -30,6 +88,10 @@ class DependencyUnavailable(Exception):
     def __init__(self, dependency: str, message: str) -> None:
         super().__init__(message)
         self.dependency = dependency
+
+    @property
+    def details(self) -> str:
+        return f"{self}: retry"
 
 
 # Exceptions that mean "a dependency is unreachable", with the name clients are told.
@@ -47,7 +109,7 @@ UNAVAILABLE_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
 def unavailable_details(exc: BaseException) -> str | None:
     """What to tell the client when `exc` means a dependency is unreachable, else None."""
     if isinstance(exc, DependencyUnavailable):
-        return f"{exc}: retry"
+        return exc.details
     for kind, dependency in UNAVAILABLE_ERRORS:
         if isinstance(exc, kind):
             return f"{dependency} unavailable: retry"
@@ -60,16 +122,29 @@ def _short(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def unavailable_on_outage(method: str, context: grpc.ServicerContext) -> Iterator[None]:
-    """Turns an infrastructure exception raised inside the block into UNAVAILABLE."""
+def answer_status(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """Answers what the handler inside raised with its status code, and counts the call."""
+    code = "OK"
     try:
         yield
+    except ServiceError as exc:
+        code = exc.code.name
+        if isinstance(exc, Unavailable):
+            log.warning("%s: UNAVAILABLE (%s)", method, exc)
+        context.abort(exc.code, exc.details)
     except Exception as exc:
         details = unavailable_details(exc)
-        if details is None:
-            raise
-        log.warning("%s: UNAVAILABLE (%s)", method, _short(exc))
-        context.abort(grpc.StatusCode.UNAVAILABLE, details)
+        if details is not None:
+            code = "UNAVAILABLE"
+            log.warning("%s: UNAVAILABLE (%s)", method, _short(exc))
+            context.abort(grpc.StatusCode.UNAVAILABLE, details)
+        # Aborted by another interceptor (the code is set), or a bug (UNKNOWN).
+        # grpcio's context has code(); its type stubs omit it.
+        aborted = cast(Any, context).code()
+        code = aborted.name if aborted is not None else "UNKNOWN"
+        raise
+    finally:
+        CALLS.labels(method, code).inc()
 
 
 Guard = Callable[[str, grpc.ServicerContext], contextlib.AbstractContextManager[None]]
@@ -125,8 +200,8 @@ def _stream(
     return call
 
 
-class UnavailableInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Maps infrastructure exceptions of any handler to UNAVAILABLE (see the module doc)."""
+class StatusInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Maps every handler's outcome to its status code and counts it (see the module doc)."""
 
     def intercept_service(
         self,
@@ -136,4 +211,4 @@ class UnavailableInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return guarded(handler, handler_call_details.method, unavailable_on_outage)
+        return guarded(handler, handler_call_details.method, answer_status)

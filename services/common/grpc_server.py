@@ -6,7 +6,8 @@ at once; the excess is refused at once with RESOURCE_EXHAUSTED (retryable with b
 instead of waiting for a thread. Health is honest: dependencies registered with
 `add_dependency` (Kafka, Redis) are checked in the background, and while one does not
 answer the server and its services report NOT_SERVING. Infrastructure exceptions of any
-handler become UNAVAILABLE (`services.common.grpc_errors`).
+handler become UNAVAILABLE, domain errors their codes, and every call is counted by code
+(`services.common.grpc_errors`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 from prometheus_client import Counter
 
-from services.common.gc_tuning import freeze_startup_heap
-from services.common.grpc_errors import UnavailableInterceptor, guarded
+from services.common.grpc_errors import StatusInterceptor, guarded
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,12 @@ class ServiceServer:
             futures.ThreadPoolExecutor(
                 max_workers=max_workers + reserved_workers, thread_name_prefix="grpc"
             ),
-            # Outermost first: every call is traced, then admitted, then its
-            # infrastructure exceptions are mapped to UNAVAILABLE.
+            # Outermost first: every call is traced, its outcome mapped to a status code
+            # and counted (refusals of admission included), then admitted.
             interceptors=[
                 server_interceptor(),  # type: ignore[no-untyped-call]
+                StatusInterceptor(),
                 AdmissionInterceptor(max_workers),
-                UnavailableInterceptor(),
             ],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -165,6 +165,22 @@ class ServiceServer:
         each dependency's state is also reported under its own `name`.
         """
         self._dependencies.append(_Dependency(name, check, every_s))
+
+    def add_component(self, name: str, check: Callable[[], bool], every_s: float = 2.0) -> None:
+        """Reports a component's health under `name` (NOT_SERVING until it first answers),
+        without making the server NOT_SERVING: for parts the service works without, such
+        as a stream worker behind a read API. An exception counts as not serving."""
+        self.set_status(name, False)
+
+        def report() -> None:
+            try:
+                ok = bool(check())
+            except Exception as exc:
+                log.debug("health check of %s failed: %s", name, exc)
+                ok = False
+            self.set_status(name, ok)
+
+        self.every(every_s, report)
 
     def every(self, seconds: float, task: Callable[[], None]) -> None:
         """Runs `task` now and then every `seconds` in a thread, until the server stops."""
@@ -247,7 +263,6 @@ class ServiceServer:
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
-        freeze_startup_heap()
         self._stopped.wait()
 
     def _shutdown(self, on_stop: Callable[[], None]) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 
-def setup_logging(service: str) -> None:
+def setup_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=level.upper(),
         format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
     )

@@ -1,7 +1,9 @@
 """Typed settings read from environment variables, with local defaults.
 
-Every service reads its configuration through these classes, so the README's table of
-environment variables and the code cannot drift apart.
+Only what every service shares is here (Kafka, Redis, the process's host, logs and var
+directory); each service owns its own settings class next to its code. A test checks
+the README's table of environment variables and `deploy/local/services.txt` against
+these classes.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class KafkaSettings(BaseSettings):
@@ -34,14 +34,20 @@ class RedisSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
 
-class GrpcPorts(BaseSettings):
+class ProcessSettings(BaseSettings):
+    """What every service process shares: where it binds, how it logs, where its files go.
+
+    Each service's own settings (ports, files, tuning) live in its package, for example
+    `services.ingest.settings.IngestSettings` and `services.profile.settings.ProfileSettings`.
+    """
+
     model_config = SettingsConfigDict(env_prefix="", extra="ignore")
 
     grpc_host: str = "127.0.0.1"
-    ingest_grpc_port: int = 50051
-    profile_grpc_port: int = 50052
-    personalisation_grpc_port: int = 50053
-    alerts_grpc_port: int = 50054
+    metrics_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    # Pids, logs and data of the local stack, and Faust's data directories.
+    cx_var_dir: Path = Path("var")
 
 
 @lru_cache(maxsize=1)
@@ -55,22 +61,10 @@ def redis_settings() -> RedisSettings:
 
 
 @lru_cache(maxsize=1)
-def grpc_ports() -> GrpcPorts:
-    return GrpcPorts()
+def process_settings() -> ProcessSettings:
+    return ProcessSettings()
 
 
-class MetricsPorts(BaseSettings):
-    """Prometheus `/metrics` HTTP ports, one per service process."""
-
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
-
-    metrics_host: str = "127.0.0.1"
-    ingest_metrics_port: int = 9464
-    profile_metrics_port: int = 9465
-    personalisation_metrics_port: int = 9466
-    alerts_metrics_port: int = 9467
-
-
-@lru_cache(maxsize=1)
-def metrics_ports() -> MetricsPorts:
-    return MetricsPorts()
+def grpc_address(port: int, settings: ProcessSettings | None = None) -> str:
+    """host:port of a gRPC server on this stack (clients and servers alike)."""
+    return f"{(settings or process_settings()).grpc_host}:{port}"

@@ -29,9 +29,10 @@ from cx.ingest.v1 import ingest_pb2_grpc
 
 from services.common.experience import NEGATIVE_KINDS
 from services.common.grpc_client import traced_channel
-from services.common.settings import grpc_ports
+from services.common.settings import grpc_address
 from services.demo.journeys import DemoConfig, Journey, generate
 from services.demo.summary import DemoRun, Summary
+from services.ingest.settings import IngestSettings
 
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 60.0
@@ -245,7 +246,6 @@ def report(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ports = grpc_ports()
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="python -m services.demo.journeys",
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--days", type=int, default=defaults.days, help="events happen in the last D days"
     )
-    parser.add_argument("--target", default=f"{ports.grpc_host}:{ports.ingest_grpc_port}")
+    parser.add_argument("--target", default=grpc_address(IngestSettings().grpc_port))
     parser.add_argument("--batch-size", type=int, default=500, help="events per TrackBatch")
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")
     return parser

@@ -13,6 +13,7 @@ from cx.ingest.v1 import ingest_pb2_grpc
 from google.protobuf.descriptor import Descriptor
 from prometheus_client import Counter, Histogram
 
+from services.common.grpc_errors import Internal, InvalidArgument, InvalidRequest, Unavailable
 from services.common.touchpoint_publisher import BrokerUnavailable, Published, PublishError
 from services.common.validation import DEFAULT_LIMITS, Limits, Violation, normalise_and_validate
 
@@ -110,22 +111,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 return self._publisher.publish(events, timeout_s=timeout)
         except BrokerUnavailable as exc:
             EVENTS.labels(rpc, "unavailable").inc(len(events))
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}: {RETRY_HINT}")
+            raise Unavailable(f"{exc}: {RETRY_HINT}") from exc
         except PublishError as exc:
             EVENTS.labels(rpc, "failed").inc(len(events))
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            raise Internal(str(exc)) from exc
 
     def Track(self, request: pb.TrackRequest, context: grpc.ServicerContext) -> pb.TrackResponse:
         if not request.HasField("event"):
             EVENTS.labels("Track", "rejected").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "event: is required")
+            raise InvalidArgument("event", "is required")
         event = request.event
         violations = self._check(event, datetime.now(UTC))
         if violations:
             EVENTS.labels("Track", "rejected").inc()
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "invalid event: " + "; ".join(f"event.{v}" for v in _shown(violations)),
+            raise InvalidRequest(
+                "invalid event: " + "; ".join(f"event.{v}" for v in _shown(violations))
             )
         (outcome,) = self._publish("Track", [event], context)
         EVENTS.labels("Track", "accepted").inc()
@@ -146,10 +146,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         and if Kafka does not take all of them the whole call is UNAVAILABLE."""
         count = len(request.events)
         if not 1 <= count <= self._max_batch:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"events: must hold 1 to {self._max_batch} events, got {count}",
-            )
+            raise InvalidArgument("events", f"must hold 1 to {self._max_batch} events, got {count}")
         now = datetime.now(UTC)
         results = [
             pb.EventResult(index=i, event_id=event.event_id)

@@ -9,7 +9,7 @@ import redis
 from cx.profile.v1 import profile_pb2 as pb
 from cx.profile.v1 import profile_pb2_grpc
 
-from services.common.settings import grpc_ports, redis_settings
+from services.common.settings import grpc_address, redis_settings
 from services.demo.summary import DemoRun, SectionUnavailable, register
 from services.profile.adapters.layout import Keys, Stat, decode_stats
 from services.profile.domain.segments import load_segments
@@ -68,8 +68,7 @@ class ProfileSection:
             f"{len(run.customers)} customers",
             f"all time: {profiles} profiles",
         ]
-        ports = grpc_ports()
-        with grpc.insecure_channel(f"{ports.grpc_host}:{ports.profile_grpc_port}") as channel:
+        with grpc.insecure_channel(grpc_address(ProfileSettings().grpc_port)) as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             sizes = []
             for segment in load_segments():

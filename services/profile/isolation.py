@@ -57,8 +57,8 @@ class IsolatedPipeline:
             # Several workers on one host: no fixed metrics port to collide on.
             "PROFILE_WORKER_METRICS_PORT": "0",
             "REDIS_URL": redis_url,
-            # Faust's data directory (otherwise <app id>-data in the repository).
-            "APP_DATADIR": str(self.data_dir),
+            # The worker's var directory (its Faust data goes under it).
+            "CX_VAR_DIR": str(self.data_dir),
         }
         ensure_topics(base.kafka_bootstrap_servers, platform_topics(self.kafka))
         self.workers: dict[str, subprocess.Popen[bytes]] = {}

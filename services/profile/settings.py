@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.identifiers import PERSON_TYPES
+from services.profile.domain.segments import DEFAULT_PATH as DEFAULT_SEGMENTS_FILE
 
 CONFIG_DIR = Path(__file__).parent / "config"
 
@@ -16,6 +17,10 @@ CONFIG_DIR = Path(__file__).parent / "config"
 class ProfileSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROFILE_", extra="ignore")
 
+    grpc_port: int = 50052
+    # Prometheus /metrics of the gRPC server and of the stream worker (0 turns one off).
+    metrics_port: int = 9465
+    worker_metrics_port: int = 9468
     key_prefix: str = "cx:"
     # Event ids are remembered this long (longer than the touchpoint topic's retention).
     dedup_window_s: int = 8 * 24 * 3600
@@ -34,9 +39,8 @@ class ProfileSettings(BaseSettings):
     # Salt for erased identifiers' hashes; generated once and kept in Redis when unset.
     erasure_salt: str = ""
     identity_file: Path = CONFIG_DIR / "identity.toml"
+    segments_file: Path = DEFAULT_SEGMENTS_FILE
     consumer_group: str = "cx-profile"
-    # Prometheus /metrics of the stream worker (0 turns it off).
-    worker_metrics_port: int = 9468
 
 
 @dataclass(frozen=True)

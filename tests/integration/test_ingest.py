@@ -21,9 +21,10 @@ from opentelemetry.trace import SpanKind
 
 from services.common.grpc_client import traced_channel
 from services.common.kafka_io import SCHEMA_HEADER, SCHEMA_VERSION_HEADER, TOUCHPOINT_SCHEMA
-from services.common.settings import KafkaSettings, grpc_ports
+from services.common.settings import KafkaSettings, grpc_address
 from services.common.telemetry import header_value
 from services.common.validation import partition_key
+from services.ingest.settings import IngestSettings
 from tests.factories import page_view, survey
 from tests.integration.conftest import read_record
 
@@ -117,8 +118,7 @@ def test_health_and_reflection(ingest_channel: grpc.Channel) -> None:
 
 
 def test_the_stacks_ingest_process_serves_on_its_configured_port() -> None:
-    ports = grpc_ports()
-    with grpc.insecure_channel(f"{ports.grpc_host}:{ports.ingest_grpc_port}") as channel:
+    with grpc.insecure_channel(grpc_address(IngestSettings().grpc_port)) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="cx.ingest.v1.IngestService"), timeout=5
         )

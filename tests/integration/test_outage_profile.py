@@ -16,11 +16,11 @@ from cx.profile.v1 import profile_pb2_grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.grpc_errors import CALLS as SERVER_CALLS
 from services.common.settings import redis_settings
 from services.common.touchpoint_publisher import TouchpointPublisher
 from services.profile.adapters.reader import ProfileReader
 from services.profile.server import REDIS_HEALTH_NAME, SERVICE_NAME, build_server
-from services.profile.service import REQUESTS
 from services.profile.settings import ProfileSettings
 
 CUSTOMER = pb.Identifier(type=pb.IDENTIFIER_TYPE_CUSTOMER_ID, value="c-outage")
@@ -46,7 +46,8 @@ def health(channel: grpc.Channel, service: str) -> int:
 
 
 def unavailable_count(rpc: str) -> float:
-    return REQUESTS.labels(rpc, "UNAVAILABLE")._value.get()  # type: ignore[no-any-return]
+    method = f"/cx.profile.v1.ProfileService/{rpc}"
+    return SERVER_CALLS.labels(method, "UNAVAILABLE")._value.get()  # type: ignore[no-any-return]
 
 
 CALLS: list[tuple[str, Message]] = [

@@ -55,20 +55,20 @@ def test_erase_removes_every_key_and_suppresses_recreation(profile_harness: Prof
     assert reply.identifiers_suppressed == 4
     assert reply.keys_deleted > 0
 
-    secrets = [pid, customer, email, phone, anon]
+    secrets = [s.encode() for s in (pid, customer, email, phone, anon)]
     for key in h.redis.scan_iter(match=f"{h.settings.key_prefix}*", count=1000):
-        name = as_text(key)
-        assert not any(s in name for s in secrets), name
+        assert not any(s in key for s in secrets), key
         kind = as_text(h.redis.type(key))
+        # Values as bytes: archived events are protobuf, not text.
         if kind == "hash":
-            content = " ".join(as_text(x) for kv in h.redis.hgetall(key).items() for x in kv)
+            content = b" ".join(cast(bytes, x) for kv in h.redis.hgetall(key).items() for x in kv)
         elif kind == "zset":
-            content = " ".join(as_text(cast(bytes, m)) for m in h.redis.zrange(key, 0, -1))
+            content = b" ".join(cast(bytes, m) for m in h.redis.zrange(key, 0, -1))
         elif kind == "string":
-            content = as_text(h.redis.get(key) or b"")
+            content = cast(bytes, h.redis.get(key) or b"")
         else:
-            content = ""
-        assert not any(s in content for s in secrets), name
+            content = b""
+        assert not any(s in content for s in secrets), key
     for t, value in ((CUSTOMER, customer), (EMAIL, email), (PHONE, phone), (ANON, anon)):
         assert h.profile(t, value) is None
 

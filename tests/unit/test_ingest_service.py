@@ -11,6 +11,7 @@ import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 
+from services.common.grpc_errors import ServiceError
 from services.common.touchpoint_publisher import BrokerUnavailable, Published
 from services.ingest.service import (
     MAX_VIOLATIONS_SHOWN,
@@ -40,19 +41,12 @@ class RecordingPublisher:
         return out
 
 
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
 class FakeContext:
+    """Handlers raise a ServiceError (the interceptor answers it); they only ask the
+    context for the client's deadline."""
+
     def __init__(self, time_remaining: float | None = None) -> None:
         self._remaining = time_remaining
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
 
     def time_remaining(self) -> float | None:
         return self._remaining
@@ -75,7 +69,7 @@ def test_track_publishes_a_normalised_event_with_received_at() -> None:
 
 def test_track_rejects_invalid_event_with_invalid_argument_naming_the_field() -> None:
     publisher = RecordingPublisher()
-    with pytest.raises(Aborted) as info:
+    with pytest.raises(ServiceError) as info:
         IngestServicer(publisher).Track(
             pb.TrackRequest(event=survey(ev.SurveyResponse.METRIC_NPS, 12)), ctx()
         )
@@ -85,7 +79,7 @@ def test_track_rejects_invalid_event_with_invalid_argument_naming_the_field() ->
 
 
 def test_track_without_event_is_invalid_argument() -> None:
-    with pytest.raises(Aborted) as info:
+    with pytest.raises(ServiceError) as info:
         IngestServicer(RecordingPublisher()).Track(pb.TrackRequest(), ctx())
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details.startswith("event:")
@@ -94,7 +88,7 @@ def test_track_without_event_is_invalid_argument() -> None:
 def test_track_reports_unavailable_when_the_broker_does_not_acknowledge() -> None:
     event = page_view()
     publisher = RecordingPublisher(fail_ids=frozenset({event.event_id}))
-    with pytest.raises(Aborted) as info:
+    with pytest.raises(ServiceError) as info:
         IngestServicer(publisher).Track(pb.TrackRequest(event=event), ctx())
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert "Kafka is unreachable" in info.value.details
@@ -122,7 +116,7 @@ def test_batch_is_unavailable_as_a_whole_when_the_broker_does_not_take_every_eve
     # Not "OK with every event rejected": a client checking only the status must retry.
     first, second, invalid = page_view(), page_view(), page_view(email="nope")
     publisher = RecordingPublisher(fail_ids=frozenset({second.event_id}))
-    with pytest.raises(Aborted) as info:
+    with pytest.raises(ServiceError) as info:
         IngestServicer(publisher).TrackBatch(
             pb.TrackBatchRequest(events=[first, second, invalid]), ctx()
         )
@@ -226,7 +220,7 @@ def test_rejection_metric_labels_stay_bounded_whatever_clients_send() -> None:
 @pytest.mark.parametrize("count", [0, 4])
 def test_batch_size_is_bounded(count: int) -> None:
     servicer = IngestServicer(RecordingPublisher(), max_batch=3)
-    with pytest.raises(Aborted) as info:
+    with pytest.raises(ServiceError) as info:
         servicer.TrackBatch(pb.TrackBatchRequest(events=[page_view() for _ in range(count)]), ctx())
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details.startswith("events:")

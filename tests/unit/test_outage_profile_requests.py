@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from cx.profile.v1 import profile_pb2 as pb
 
+from services.common.grpc_errors import InvalidArgument
 from services.common.validation import MAX_ID_LEN
-from services.profile.service import BadRequest, parse_identifier
+from services.profile.service import parse_identifier
 
 
 def ident(t: int, value: str = "c-1") -> pb.Identifier:
@@ -14,14 +15,14 @@ def ident(t: int, value: str = "c-1") -> pb.Identifier:
 
 
 def test_an_unknown_identifier_type_says_so() -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_identifier(ident(57))
     assert str(info.value).startswith("identifier.type: 57 is not a known IdentifierType (")
     assert "CUSTOMER_ID" in str(info.value)
 
 
 def test_a_missing_identifier_type_is_required() -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_identifier(ident(pb.IDENTIFIER_TYPE_UNSPECIFIED))
     assert str(info.value).startswith("identifier.type: is required")
 
@@ -38,7 +39,7 @@ def test_a_missing_identifier_type_is_required() -> None:
     ],
 )
 def test_over_long_identifier_values_are_refused_naming_the_field(t: int, value: str) -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_identifier(ident(t, value), field="identifier")
     assert str(info.value).startswith("identifier.value: ")
 
@@ -59,6 +60,6 @@ def test_identifiers_are_normalised_as_at_ingestion(
 
 
 def test_a_malformed_email_names_the_value() -> None:
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_identifier(ident(pb.IDENTIFIER_TYPE_EMAIL, "nope"))
     assert str(info.value).startswith("identifier.value: ")

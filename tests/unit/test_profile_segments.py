@@ -18,6 +18,7 @@ from services.profile.domain.segments import (
     evaluate,
     load_segments,
 )
+from services.profile.settings import ProfileSettings
 from tests.unit.test_profile_fold import (
     at,
     complaint,
@@ -70,7 +71,7 @@ def test_the_shipped_file_loads_with_every_default_segment(
     assert "at_risk: all(churn_risk >= 0.6)" in describe(segments)
 
 
-def test_the_env_var_names_the_file_and_an_explicit_path_wins(
+def test_the_env_var_names_the_file_through_the_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(
@@ -78,8 +79,10 @@ def test_the_env_var_names_the_file_and_an_explicit_path_wins(
         '[[segment]]\nname = "web_fans"\nall = [{ field = "ch.web", op = ">", value = 10 }]\n',
     )
     monkeypatch.setenv("PROFILE_SEGMENTS_FILE", str(path))
-    assert [s.name for s in load_segments()] == ["web_fans"]
-    assert {s.name for s in load_segments(DEFAULT_PATH)} == DEFAULTS
+    assert [s.name for s in load_segments(ProfileSettings().segments_file)] == ["web_fans"]
+    monkeypatch.delenv("PROFILE_SEGMENTS_FILE")
+    assert ProfileSettings().segments_file == DEFAULT_PATH
+    assert {s.name for s in load_segments()} == DEFAULTS
 
 
 def test_all_and_any_both_parse(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 
-from services.profile.adapters.reader import Lineage, LoadedProfile
+from services.profile.adapters.layout import Lineage
+from services.profile.adapters.reader import LoadedProfile
 from services.profile.adapters.store import StoredProfile, state_to_redis
 from services.profile.domain.fold import fold
 from services.profile.domain.segments import Condition, Segment

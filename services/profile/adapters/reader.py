@@ -5,14 +5,13 @@ modules."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 from cx.events.v1 import touchpoint_pb2 as ev
 
-from services.profile.adapters.erasure import ProfileEraser
+from services.common.heartbeat import alive
 from services.profile.adapters.layout import (
     FOLLOW_HOPS,
     LATEST_HASHES,
@@ -23,12 +22,7 @@ from services.profile.adapters.layout import (
     decode_lineage,
     text_map,
 )
-from services.profile.adapters.split import ProfileSplitter, SplitConflict
 from services.profile.settings import ProfileSettings
-
-# Lineage, ProfileSplitter and SplitConflict are imported from here by callers written
-# before layout.py and split.py; new code imports them from there.
-__all__ = ["Lineage", "LoadedProfile", "ProfileReader", "ProfileSplitter", "SplitConflict"]
 
 
 @dataclass
@@ -88,7 +82,7 @@ class ProfileReader:
 
     def workers_alive(self) -> int:
         """Stream workers whose heartbeat has not expired."""
-        return int(self.client.zcount(self.keys.workers, time.time(), "+inf"))
+        return alive(self.client, self.keys.workers)
 
     def events(self, pid: str, start: int = 0, stop: int = -1) -> list[ev.TouchpointEvent]:
         raw = self.client.zrevrange(self.keys.profile(pid, "events"), start, stop)
@@ -101,7 +95,3 @@ class ProfileReader:
         pipe.zcard(key)
         members, total = pipe.execute()
         return [as_text(m) for m in members], int(total)
-
-    def erase(self, pid: str) -> tuple[int, int]:
-        """`ProfileEraser.erase`, kept until the service calls it there."""
-        return ProfileEraser(self).erase(pid)

@@ -18,7 +18,6 @@ docs/profile-metrics.md.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from services.profile.domain.derive import field_names
 
 __all__ = [
     "DEFAULT_PATH",
-    "ENV_VAR",
     "Condition",
     "Segment",
     "SegmentConfigError",
@@ -50,7 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "segments.toml"
-ENV_VAR = "PROFILE_SEGMENTS_FILE"
 TABLE = "segment"
 
 
@@ -70,9 +67,6 @@ def parse_segments(raw: Mapping[str, Any], source: str = "segments") -> list[Seg
     return [spec.rule() for spec in specs]
 
 
-def load_segments(path: Path | None = None) -> list[Segment]:
-    """Segments from `path`, else from $PROFILE_SEGMENTS_FILE, else the shipped file."""
-    if path is None:
-        env = os.environ.get(ENV_VAR, "")
-        path = Path(env) if env else DEFAULT_PATH
+def load_segments(path: Path = DEFAULT_PATH) -> list[Segment]:
+    """Segments from `path` (`ProfileSettings.segments_file`; the shipped file by default)."""
     return parse_segments(load_toml(path, "segments file"), str(path))
