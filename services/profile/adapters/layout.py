@@ -5,7 +5,10 @@ benchmarks and the tests take key names and codecs from here. The scripts get th
 names as constants rendered in front of their shared prelude when they are registered
 (`lua_script`); the value formats they write themselves (latest values, lineage, merge
 records, the erasure digest's input) are commented there with the codec here that reads
-them. Anything changed here changes data at rest.
+them. The sub-maps the domain's operations write and the values it packs into them
+(consent, complaints, contacts, the snapshot's segment list) are defined by the domain
+in `services/profile/domain/codec.py`, so that it need not import the adapters, and
+re-exported here. Anything changed here changes data at rest.
 
 Keys (prefix `cx:` by default, `PROFILE_KEY_PREFIX`):
   p:{id}               main hash of aggregates, fields named by how they combine (below)
@@ -33,20 +36,40 @@ Main hash fields: `c:<name>` sum, `mn:<name>` minimum, `mx:<name>` maximum,
 `l:<name>` latest "<ts_ms>|<value>", `s:<name>` the snapshot last published as change
 events (`s:segments` is a comma-separated list). Values inside the latest-wins hashes:
 consent "<granted 1/0>|<source system>|<event id>", complaints
-"<lifecycle rank>|<status>|<severity>|<category>", traits JSON.
+"<lifecycle rank>|<status>|<severity>|<category>", traits JSON (domain/codec.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from services.profile.domain.state import Contact, Latest, ProfileState
+from services.profile.domain.codec import COMPLAINTS as COMPLAINTS
+from services.profile.domain.codec import CONSENT as CONSENT
+from services.profile.domain.codec import CONTACTS as CONTACTS
+from services.profile.domain.codec import COUNTER_HASHES as COUNTER_HASHES
+from services.profile.domain.codec import LATEST_HASHES as LATEST_HASHES
+from services.profile.domain.codec import SEGMENTS as SEGMENTS
+from services.profile.domain.codec import SORTED_SETS as SORTED_SETS
+from services.profile.domain.codec import TOUCHPOINTS as TOUCHPOINTS
+from services.profile.domain.codec import TRAITS as TRAITS
+from services.profile.domain.codec import ComplaintValue as ComplaintValue
+from services.profile.domain.codec import ConsentValue as ConsentValue
+from services.profile.domain.codec import contact_member as contact_member
+from services.profile.domain.codec import decode_complaint as decode_complaint
+from services.profile.domain.codec import decode_consent as decode_consent
+from services.profile.domain.codec import decode_contact as decode_contact
+from services.profile.domain.codec import decode_segment_list as decode_segment_list
+from services.profile.domain.codec import encode_complaint as encode_complaint
+from services.profile.domain.codec import encode_consent as encode_consent
+from services.profile.domain.codec import encode_contact as encode_contact
+from services.profile.domain.codec import encode_segment_list as encode_segment_list
+from services.profile.domain.state import Latest, ProfileState
 
 # Key names.
 PROFILE = "p:"
@@ -60,23 +83,18 @@ WORKERS = "workers"
 SALT = "erasure-salt"
 # Between a profile's key and a sub-key's name: p:{id}:ids.
 SUB_SEP = ":"
+# The sub-maps that operations write (LATEST_HASHES, COUNTER_HASHES, SORTED_SETS) are
+# the domain's (services/profile/domain/codec.py).
 SUBKEYS = (
     "ids",
-    "traits",
-    "consent",
-    "complaints",
-    "contacts",
-    "touchpoints",
+    *LATEST_HASHES,
+    *SORTED_SETS,
+    *COUNTER_HASHES,
     "events",
     "outbox",
     "merges",
     "apart",
 )
-# Hashes of "<ts_ms>|<value>", latest wins (the `h` op's targets).
-LATEST_HASHES = ("traits", "consent", "complaints")
-# Counter hashes (`hc`) and sorted sets scored by event time (`z`) that ops write.
-COUNTER_HASHES = ("touchpoints",)
-SORTED_SETS = ("contacts",)
 # The sub-keys holding a profile's aggregates besides its main hash: what a rebuild writes.
 STATE_SUBKEYS = (*LATEST_HASHES, *COUNTER_HASHES, *SORTED_SETS)
 # Most alias links followed from a merged profile to its survivor.
@@ -169,7 +187,6 @@ SUM, MINIMUM, MAXIMUM, LATEST, SNAPSHOT = "c", "mn", "mx", "l", "s"
 EVENTS = f"{SUM}:events"
 CREATED = f"{MINIMUM}:created"
 IDENTITY_UPDATED = f"{LATEST}:u.identity"
-SEGMENTS = "segments"
 
 
 def main_field(kind: str, name: str) -> str:
@@ -188,14 +205,6 @@ def id_count_field(t: str) -> str:
 
 def encode_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def encode_segment_list(names: Iterable[str]) -> str:
-    return ",".join(sorted(names))
-
-
-def decode_segment_list(value: str) -> list[str]:
-    return [name for name in value.split(",") if name]
 
 
 # Packed values.
@@ -237,55 +246,6 @@ def encode_lineage(event_id: str, ts_ms: int, source_system: str) -> str:
 def decode_lineage(member: str, packed: str) -> Lineage:
     event_id, at, source = [*packed.split("|", 2), "", ""][:3]
     return Lineage(split_member(member), event_id, int(at or 0), source)
-
-
-class ConsentValue(NamedTuple):
-    granted: bool
-    source_system: str
-    event_id: str
-
-
-def encode_consent(granted: bool, source_system: str, event_id: str) -> str:
-    return f"{int(granted)}|{source_system}|{event_id}"
-
-
-def decode_consent(value: str) -> ConsentValue:
-    granted, _, rest = value.partition("|")
-    source, _, event_id = rest.partition("|")
-    return ConsentValue(granted == "1", source, event_id)
-
-
-class ComplaintValue(NamedTuple):
-    # The lifecycle rank leads, so that of two updates in one millisecond the later
-    # state wins the latest-value rule.
-    rank: str
-    status: str
-    severity: str
-    category: str
-
-
-def encode_complaint(rank: int, status: str, severity: str, category: str) -> str:
-    return f"{rank}|{status}|{severity}|{category}"
-
-
-def decode_complaint(value: str) -> ComplaintValue:
-    rank, status, severity, category = [*value.split("|", 3), "", "", ""][:4]
-    return ComplaintValue(rank, status, severity, category)
-
-
-def encode_contact(contact_id: str, reason: str, resolved: bool) -> str:
-    # "|" separates the member's parts; a contact id may not bring its own.
-    return f"{contact_id.replace('|', '/')}|{reason}|{int(resolved)}"
-
-
-def contact_member(contact: Contact) -> str:
-    """The sorted-set member a Contact was decoded from."""
-    return encode_contact(contact.contact_id, contact.reason, contact.resolved)
-
-
-def decode_contact(member: str, score: float) -> Contact:
-    contact_id, reason, resolved = [*member.split("|"), "", ""][:3]
-    return Contact(int(score), contact_id, reason, resolved == "1")
 
 
 def erased_digest(salt: str, t: str, value: str) -> str:
@@ -412,11 +372,11 @@ def state_to_redis(state: ProfileState) -> dict[str, Any]:
 
     return {
         "main": main,
-        "traits": packed(state.traits),
-        "consent": packed(state.consent),
-        "complaints": packed(state.complaints),
-        "touchpoints": {k: str(v) for k, v in state.touchpoints.items()},
-        "contacts": [[contact_member(c), c.ts_ms] for c in state.contacts],
+        TRAITS: packed(state.traits),
+        CONSENT: packed(state.consent),
+        COMPLAINTS: packed(state.complaints),
+        TOUCHPOINTS: {k: str(v) for k, v in state.touchpoints.items()},
+        CONTACTS: [[contact_member(c), c.ts_ms] for c in state.contacts],
     }
 
 

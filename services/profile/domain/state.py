@@ -1,7 +1,8 @@
 """The profile as stored: aggregates that any order of events (and any merge) agrees on.
 
 The stored layout is generic so that applying and merging need no per-metric code in Lua
-(key names and encodings: `services/profile/adapters/layout.py`):
+(key names and encodings: `services/profile/adapters/layout.py`, with the values
+the domain packs itself in `codec.py`):
 
 - a main hash, fields named by how they combine: sums (counters, money), minimum,
   maximum, latest value by event time, and the derived snapshot last published as change
