@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 
+from services.profile.domain.codec import SEGMENTS, decode_segment_list, encode_segment_list
 from services.profile.domain.derive import Derived
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def snapshot_of(derived: Derived, segments: set[str]) -> dict[str, str]:
         "stage": derived.journey_stage,
         "churn_band": derived.churn_band,
         "value_tier": derived.value_tier,
-        "segments": ",".join(sorted(segments)),
+        SEGMENTS: encode_segment_list(segments),
     }
 
 
@@ -82,7 +83,7 @@ def compute_changes(
     latest applied event id), so a re-published change keeps its id."""
     current = snapshot_of(derived, segments)
     changes: list[pb.ProfileChange] = []
-    before = set(filter(None, previous.get("segments", "").split(",")))
+    before = set(decode_segment_list(previous.get(SEGMENTS, "")))
     entered, left = sorted(segments - before), sorted(before - segments)
     for name in entered:
         c = _change(profile_id, at_ms, "segment", name, "in", version)

@@ -19,6 +19,7 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from services.common.conditions import FieldValue as FieldValue
 from services.common.experience import CSAT_SATISFIED_FROM, on_scale
 from services.common.experience import nps_category as nps_category
+from services.profile.domain.codec import decode_complaint, decode_consent
 from services.profile.domain.effects import CHANNEL_NAMES
 from services.profile.domain.state import ProfileState
 
@@ -289,8 +290,7 @@ def _contacts(state: ProfileState) -> list[_Contact]:
 def _complaints(state: ProfileState) -> tuple[list[str], str | None]:
     open_ids, worst = [], None
     for complaint_id, latest in sorted(state.complaints.items()):
-        # "<lifecycle rank>|<status>|<severity>|<category>" (effects.py)
-        _rank, status, severity = [*latest.value.split("|"), "", ""][:3]
+        _rank, status, severity, _category = decode_complaint(latest.value)
         if status in OPEN_COMPLAINT_STATUSES:
             open_ids.append(complaint_id)
             rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else 0
@@ -300,10 +300,7 @@ def _complaints(state: ProfileState) -> tuple[list[str], str | None]:
 
 
 def _consent(state: ProfileState) -> dict[str, bool]:
-    # Values are "<1|0>|<source system>|<event id>".
-    return {
-        purpose: latest.value.split("|", 1)[0] == "1" for purpose, latest in state.consent.items()
-    }
+    return {purpose: decode_consent(item.value).granted for purpose, item in state.consent.items()}
 
 
 def _score_at_most(value: float, edges: tuple[float, ...]) -> int:

@@ -25,6 +25,16 @@ from services.common.experience import (
     nps_category,
     on_scale,
 )
+from services.profile.domain.codec import (
+    COMPLAINTS,
+    CONSENT,
+    CONTACTS,
+    TOUCHPOINTS,
+    TRAITS,
+    encode_complaint,
+    encode_consent,
+    encode_contact,
+)
 from services.profile.domain.state import decay_weight
 
 Op = list[Any]
@@ -96,7 +106,7 @@ def effects_of(event: ev.TouchpointEvent) -> Effects:
     fx.add(f"ch.{CHANNEL_NAMES.get(event.channel, 'other')}")
     fx.add(f"type.{kind}")
     # Touchpoints are many and open-ended: counted in their own hash, not the profile's.
-    fx.count_in("touchpoints", event.touchpoint)
+    fx.count_in(TOUCHPOINTS, event.touchpoint)
     fx.minimum("first_seen", ts)
     fx.maximum("last_seen", ts)
     fx.latest("stage", STAGE_NAMES.get(event.journey_stage, "unspecified"))
@@ -154,9 +164,7 @@ def _support_contact(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
         fx.add("support_unresolved")
     fx.add("support_wait_s", s.wait_time.ToTimedelta().total_seconds())
     fx.maximum("last_contact_at", ts)
-    # "|" separates the member's parts; a contact id may not bring its own.
-    contact_id = s.contact_id.replace("|", "/")
-    fx.member("contacts", f"{contact_id}|{s.reason}|{int(s.resolved)}")
+    fx.member(CONTACTS, encode_contact(s.contact_id, s.reason, s.resolved))
     fx.latest("u.support", e.event_id)
 
 
@@ -200,7 +208,7 @@ def _complaint(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     # The lifecycle rank leads the value: two updates in the same millisecond resolve to
     # the later state (resolved over escalated over updated over opened).
     rank = COMPLAINT_LIFECYCLE.get(c.status, 0)
-    fx.latest_in("complaints", c.complaint_id, f"{rank}|{status}|{severity}|{c.category}")
+    fx.latest_in(COMPLAINTS, c.complaint_id, encode_complaint(rank, status, severity, c.category))
     fx.latest("u.cx", e.event_id)
     if c.status == ev.Complaint.STATUS_OPENED:
         fx.add("complaints")
@@ -240,7 +248,7 @@ def _app_error(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
 
 def _identify(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     for key, value in e.identify.traits.items():
-        fx.latest_in("traits", key, json.dumps(_plain(value), separators=(",", ":")))
+        fx.latest_in(TRAITS, key, json.dumps(_plain(value), separators=(",", ":")))
     if e.identify.traits:
         fx.latest("u.traits", e.event_id)
 
@@ -248,7 +256,7 @@ def _identify(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
 def _consent_change(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     c = e.consent_change
     purpose = ev.ConsentChange.Purpose.Name(c.purpose).removeprefix("PURPOSE_").lower()
-    fx.latest_in("consent", purpose, f"{int(c.granted)}|{e.source_system}|{e.event_id}")
+    fx.latest_in(CONSENT, purpose, encode_consent(c.granted, e.source_system, e.event_id))
     fx.latest("u.consent", e.event_id)
 
 

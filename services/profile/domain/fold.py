@@ -17,7 +17,7 @@ events here and compare with what Redis stored (`differences`). The op semantics
 An event id applies once per fold; every identifier an event carries is added to
 `identities` as (code, value), codes from `services/common/identifiers.py`. Sub-map,
 counter hash and sorted set names, and contact members, are the stored layout's
-(`services/profile/adapters/layout.py`).
+(`codec.py`, re-exported by `services/profile/adapters/layout.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.common.identifiers import identifiers_of as identifiers_of
-from services.profile.adapters.layout import (
+from services.profile.domain.codec import (
     COUNTER_HASHES,
     LATEST_HASHES,
     SORTED_SETS,
