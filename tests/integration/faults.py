@@ -21,9 +21,9 @@ from pathlib import Path
 import redis
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
-from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError
+from kafka import KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetTimestamp
+from kafka.errors import KafkaError, NoError
 from kafka.producer.future import FutureRecordMetadata
 
 from services.common import dead_letter as dl
@@ -33,13 +33,14 @@ from services.common.kafka_io import (
     send_touchpoint,
     touchpoint_headers,
 )
-from services.common.settings import REPO_ROOT, KafkaSettings
+from services.common.settings import KafkaSettings
 from services.common.telemetry import KafkaHeaders, header_value
 from services.profile.domain.fold import differences, fold
 from tests.integration.profile_harness import ProfileHarness
 from tests.integration.test_profile_flow import aggregates
 from tests.integration.test_profile_recovery import EVENTS_PER_PERSON, person_events
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "deploy" / "local" / "stack.sh"
 
 
@@ -356,7 +357,7 @@ def tally(h: ProfileHarness, stream: Stream) -> Tally:
     profile counting more events than it has), and profiles that differ from the fold."""
     seen = h.redis.pipeline(transaction=False)
     for e in stream.events:
-        seen.exists(f"{h.settings.key_prefix}seen:{e.event_id}")
+        seen.exists(h.reader.keys.seen(e.event_id))
     lost = sum(1 for exists in seen.execute() if not exists)
     doubled, mismatched = 0, []
     for i, events in enumerate(stream.people):
@@ -405,12 +406,16 @@ class Progress(threading.Thread):
     def latest(self) -> int:
         return self.samples[-1][1] if self.samples else 0
 
-    def recovery(self, since: float, total: int, timeout_s: float = 180) -> Recovery:
+    def recovery(
+        self, since: float, total: int, base: int | None = None, timeout_s: float = 180
+    ) -> Recovery:
         """Waits for `total` events applied; times from `since` (a monotonic time) to the
-        first event applied after it and to the last."""
+        first event applied after it (beyond `base`, the count at `since` when the caller
+        knows it better than the last sample before it) and to the last."""
         self.h.wait_for(f"all {total} events applied", lambda: self.latest() >= total, timeout_s)
-        before = [n for t, n in self.samples if t <= since]
-        base = before[-1] if before else 0
+        if base is None:
+            before = [n for t, n in self.samples if t <= since]
+            base = before[-1] if before else 0
         after = [(t, n) for t, n in self.samples if t > since]
         resumed = next(t for t, n in after if n > base or n >= total)
         caught_up = next(t for t, n in after if n >= total)
@@ -465,6 +470,47 @@ def wait_ready(h: ProfileHarness, workers: int = 1) -> list[int]:
 
     # The group's coordinator may not be known yet (a fresh broker creates it on demand).
     return h.wait_for(f"{workers} worker(s) owning partitions", owning, 60, (KafkaError,))
+
+
+def replay_touchpoints(h: ProfileHarness, since_ms: int) -> dict[int, int]:
+    """Moves the (stopped) workers' group back on the touchpoint topic to the first record
+    at or after `since_ms`, as the durability note in docs/architecture.md says; the
+    offsets it moved to."""
+    topic = h.kafka.touchpoints_topic
+    admin = KafkaAdminClient(bootstrap_servers=h.kafka.kafka_bootstrap_servers)
+    try:
+        moved = admin.reset_group_offsets(
+            h.run,
+            {
+                TopicPartition(topic, p): OffsetTimestamp(since_ms)
+                for p in range(h.kafka.kafka_topic_partitions)
+            },
+        )
+    finally:
+        admin.close()
+    failed = {tp: r["error"] for tp, r in moved.items() if r["error"] is not NoError}
+    assert not failed, failed
+    return {tp.partition: int(r["offset"]) for tp, r in moved.items()}
+
+
+class RedisSnapshot:
+    """Every key of a pipeline, dumped: restoring it rolls the pipeline's Redis state back
+    to that moment, as losing the writes after it would."""
+
+    def __init__(self, h: ProfileHarness) -> None:
+        self.h = h
+        self.keys: list[tuple[bytes, int, bytes]] = []
+        for key in h.redis.scan_iter(match=f"{h.settings.key_prefix}*", count=1000):
+            ttl, dumped = h.redis.pttl(key), h.redis.dump(key)
+            if dumped is not None:
+                self.keys.append((key, max(int(ttl), 0), dumped))
+
+    def restore(self) -> None:
+        r = self.h.redis
+        for key in list(r.scan_iter(match=f"{self.h.settings.key_prefix}*", count=1000)):
+            r.delete(key)
+        for key, ttl, dumped in self.keys:
+            r.restore(key, ttl, dumped, replace=True)
 
 
 def group_members(bootstrap: str, group: str) -> list[list[int]]:
