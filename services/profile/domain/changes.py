@@ -13,9 +13,9 @@ events carry them as enums (`cx.events.v1.JourneyStage`, `cx.profile.v1.ChurnBan
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
@@ -25,6 +25,7 @@ from services.profile.domain.derive import Derived
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+    from google.protobuf.message import Message
 
 # Bands whose first appearance is not news: every new profile starts there.
 BASELINE = {"churn_band": "low", "value_tier": "none"}
@@ -50,6 +51,23 @@ def snapshot_of(derived: Derived, segments: set[str]) -> dict[str, str]:
         "value_tier": derived.value_tier,
         SEGMENTS: encode_segment_list(segments),
     }
+
+
+class _Move(NamedTuple):
+    """A snapshot value whose change is published: its key, the change's field, the
+    message it is published as and the enum that message's values are."""
+
+    key: str
+    field: str
+    message: Callable[..., Message]
+    enum: _EnumTypeWrapper[Any]
+
+
+_MOVES = (
+    _Move("stage", "journey_stage", pb.StageChanged, ev.JourneyStage),
+    _Move("churn_band", "churn_risk", pb.ChurnBandChanged, pb.ChurnBand),
+    _Move("value_tier", "value_tier", pb.ValueTierChanged, pb.ValueTier),
+)
 
 
 @dataclass(frozen=True)
@@ -93,38 +111,22 @@ def compute_changes(
         c = _change(profile_id, at_ms, "segment", name, "out", version)
         c.segment.CopyFrom(pb.SegmentChanged(segment=name, entered=False))
         changes.append(c)
-    old_stage, new_stage = previous.get("stage", ""), current["stage"]
-    if old_stage != new_stage:
-        c = _change(profile_id, at_ms, "stage", old_stage, new_stage, version)
-        c.journey_stage.CopyFrom(
-            pb.StageChanged(
-                previous=enum_value(ev.JourneyStage, old_stage),
-                current=enum_value(ev.JourneyStage, new_stage),
+    # What the band changes carry besides the bands.
+    extra: dict[str, dict[str, float]] = {
+        "churn_band": {"score": derived.churn_risk},
+        "value_tier": {"clv_total": derived.clv_total},
+    }
+    for move in _MOVES:
+        old, new = previous.get(move.key, ""), current[move.key]
+        if _moved(previous, current, move.key):
+            c = _change(profile_id, at_ms, move.key, old, new, version)
+            moved = move.message(
+                previous=enum_value(move.enum, old),
+                current=enum_value(move.enum, new),
+                **extra.get(move.key, {}),
             )
-        )
-        changes.append(c)
-    if _band_changed(previous, current, "churn_band"):
-        old, new = previous.get("churn_band", ""), current["churn_band"]
-        c = _change(profile_id, at_ms, "churn_band", old, new, version)
-        c.churn_risk.CopyFrom(
-            pb.ChurnBandChanged(
-                previous=enum_value(pb.ChurnBand, old),
-                current=enum_value(pb.ChurnBand, new),
-                score=derived.churn_risk,
-            )
-        )
-        changes.append(c)
-    if _band_changed(previous, current, "value_tier"):
-        old, new = previous.get("value_tier", ""), current["value_tier"]
-        c = _change(profile_id, at_ms, "value_tier", old, new, version)
-        c.value_tier.CopyFrom(
-            pb.ValueTierChanged(
-                previous=enum_value(pb.ValueTier, old),
-                current=enum_value(pb.ValueTier, new),
-                clv_total=derived.clv_total,
-            )
-        )
-        changes.append(c)
+            getattr(c, move.field).CopyFrom(moved)
+            changes.append(c)
     for signal in outbox:
         change = _signal_change(profile_id, signal, at_ms)
         if change is not None:
@@ -132,10 +134,10 @@ def compute_changes(
     return ProfileChanges(changes, current, tuple(entered), tuple(left))
 
 
-def _band_changed(previous: Mapping[str, str], current: Mapping[str, str], key: str) -> bool:
-    """A band differs from the one published, unless it is a new profile's baseline."""
-    old, new = previous.get(key), current[key]
-    return old != new and not (old is None and new == BASELINE[key])
+def _moved(previous: Mapping[str, str], current: Mapping[str, str], key: str) -> bool:
+    """A value differs from the one published; with none published, from a new profile's
+    baseline (bands) or from nothing (the stage)."""
+    return previous.get(key, BASELINE.get(key, "")) != current[key]
 
 
 def _signal_change(
