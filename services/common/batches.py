@@ -7,7 +7,9 @@ Two kinds of failure, two answers:
 - **anything else** is a property of the input. The batch is run again one item at a
   time, and each item that fails on its own goes to `poison` (the caller dead-letters it
   with the reason), so one bad record never takes other people's events with it and can
-  never crash the worker in a loop.
+  never crash the worker in a loop. Only when every item of a large batch fails the
+  same way is the worker itself taken to be broken (`SystemicFailure`): it stops rather
+  than dead-letter everything.
 
 Re-running items that a failed batch may already have partly processed is safe because
 every effect downstream is idempotent (event-id dedup), as after any crash.
@@ -72,6 +74,16 @@ async def retry_infrastructure(
     raise AssertionError("unreachable: AsyncRetrying either returns or raises")
 
 
+# A batch at least this large whose every item fails alone, all with the same exception,
+# is not bad input but a fault of the worker (a bug, a broken deployment): dead-lettering
+# everything would silently stop the service, so it stops the process instead.
+SYSTEMIC_MIN_ITEMS = 8
+
+
+class SystemicFailure(Exception):
+    """Every item of a batch failed the same way: the worker is broken, not the input."""
+
+
 async def process_isolating(
     items: Sequence[Item],
     run: Callable[[Sequence[Item]], Awaitable[None]],
@@ -82,7 +94,8 @@ async def process_isolating(
     """Runs the whole batch; on a failure that is not infrastructure, each item alone.
 
     `run` retries its own infrastructure failures (see `retry_infrastructure`); whatever
-    it raises here is about the input. An item that fails alone is handed to `poison`.
+    it raises here is about the input. An item that fails alone is handed to `poison`,
+    unless every item of a large batch fails with the same exception (SystemicFailure).
     """
     try:
         await run(items)
@@ -100,13 +113,22 @@ async def process_isolating(
             type(exc).__name__,
             exc,
         )
+    failures: list[tuple[Item, Exception]] = []
     for item in items:
         try:
             await run([item])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await poison(item, exc)
+            failures.append((item, exc))
+    kinds = {type(failure) for _, failure in failures}
+    if len(failures) == len(items) >= SYSTEMIC_MIN_ITEMS and len(kinds) == 1:
+        example = failures[0][1]
+        raise SystemicFailure(
+            f"{what}: all {len(items)} items failed with {type(example).__name__}: {example}"
+        ) from example
+    for item, failure in failures:
+        await poison(item, failure)
 
 
 def failure_reason(exc: BaseException) -> str:

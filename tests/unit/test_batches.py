@@ -103,6 +103,24 @@ async def test_a_failing_batch_is_run_item_by_item_and_only_the_bad_item_is_pois
     assert poisoned == [(3, "three is bad")]
 
 
+async def test_a_batch_whose_every_item_fails_the_same_way_is_a_fault_of_the_worker() -> None:
+    poisoned: list[int] = []
+
+    async def broken(items: Sequence[int]) -> None:
+        raise ValueError('unknown enum label ""')
+
+    async def poison(item: int, exc: Exception) -> None:
+        poisoned.append(item)
+
+    items = list(range(batches.SYSTEMIC_MIN_ITEMS))
+    with pytest.raises(batches.SystemicFailure, match="all 8 items failed with ValueError"):
+        await batches.process_isolating(items, broken, poison, what="test")
+    assert poisoned == []
+    # Small batches, or mixed outcomes, are input problems: dead-lettered.
+    await batches.process_isolating(items[:3], broken, poison, what="test")
+    assert poisoned == [0, 1, 2]
+
+
 async def test_a_good_batch_runs_once() -> None:
     runs: list[list[int]] = []
 
