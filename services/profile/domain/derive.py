@@ -401,104 +401,53 @@ def _churn(
     config: DeriveConfig,
 ) -> _Churn:
     w = config.churn_weights
-    # (code, weight, feature 0..1, description)
-    features: list[tuple[str, float, float, str]] = []
+    reasons: list[ChurnReason] = []
+
+    def feature(code: str, weight: float, x: float, description: str) -> None:
+        """A churn feature: x is 0..1, or a capped count; it contributes weight * x."""
+        reasons.append(ChurnReason(code, description, weight * x))
+
     if activity.days_since_last_seen is not None:
         days = activity.days_since_last_seen
-        features.append(
-            (
-                "inactive",
-                w.inactivity,
-                _ramp(days, config.inactivity_grace_days, config.inactivity_full_days),
-                f"Last seen {days:.0f} days ago",
-            )
-        )
+        ramp = _ramp(days, config.inactivity_grace_days, config.inactivity_full_days)
+        feature("inactive", w.inactivity, ramp, f"Last seen {days:.0f} days ago")
     if orders > 0 and days_since_last_order is not None:
         days = days_since_last_order
-        features.append(
-            (
-                "order_lapse",
-                w.order_lapse,
-                _ramp(days, config.order_lapse_grace_days, config.order_lapse_full_days),
-                f"Last order {days:.0f} days ago",
-            )
-        )
+        ramp = _ramp(days, config.order_lapse_grace_days, config.order_lapse_full_days)
+        feature("order_lapse", w.order_lapse, ramp, f"Last order {days:.0f} days ago")
     if cx.nps_category == "detractor":
-        features.append(
-            (
-                "nps_detractor",
-                w.nps_detractor,
-                1.0,
-                f"Last NPS score was {cx.nps_last} (detractor)",
-            )
-        )
+        nps = f"Last NPS score was {cx.nps_last} (detractor)"
+        feature("nps_detractor", w.nps_detractor, 1.0, nps)
     if cx.csat_decayed is not None:
-        features.append(
-            (
-                "low_csat",
-                w.low_csat,
-                _ramp(config.low_csat_from - cx.csat_decayed, 0.0, config.low_csat_from - 1.0),
-                f"Recent CSAT averages {cx.csat_decayed:.1f} of 5",
-            )
-        )
+        low = _ramp(config.low_csat_from - cx.csat_decayed, 0.0, config.low_csat_from - 1.0)
+        csat = f"Recent CSAT averages {cx.csat_decayed:.1f} of 5"
+        feature("low_csat", w.low_csat, low, csat)
     if cx.open_complaints:
-        features.append(
-            (
-                "open_complaints",
-                w.open_complaints,
-                min(cx.open_complaints, config.open_complaints_cap),
-                f"{_plural(cx.open_complaints, 'open complaint')}",
-            )
-        )
+        n = cx.open_complaints
+        capped = min(n, config.open_complaints_cap)
+        feature("open_complaints", w.open_complaints, capped, _plural(n, "open complaint"))
     if cx.repeat_contacts_30d:
-        features.append(
-            (
-                "repeat_contacts",
-                w.repeat_contacts,
-                min(cx.repeat_contacts_30d, config.repeat_contacts_cap),
-                f"{_plural(cx.repeat_contacts_30d, 'repeat support contact')} in 30 days",
-            )
-        )
+        n = cx.repeat_contacts_30d
+        capped = min(n, config.repeat_contacts_cap)
+        repeats = f"{_plural(n, 'repeat support contact')} in 30 days"
+        feature("repeat_contacts", w.repeat_contacts, capped, repeats)
     if (
         days_since_payment_failure is not None
         and days_since_payment_failure <= config.payment_failure_days
     ):
-        features.append(
-            (
-                "payment_failure",
-                w.payment_failure,
-                1.0,
-                f"Payment failed {days_since_payment_failure:.0f} days ago",
-            )
-        )
+        failed_ago = f"Payment failed {days_since_payment_failure:.0f} days ago"
+        feature("payment_failure", w.payment_failure, 1.0, failed_ago)
     delivered, late, failed = deliveries
     if late + failed:
-        features.append(
-            (
-                "delivery_problems",
-                w.delivery_problems,
-                min(1.0, (late + failed) / max(delivered + failed, 1)),
-                f"{late + failed} of {delivered + failed} deliveries late or failed",
-            )
-        )
+        share = min(1.0, (late + failed) / max(delivered + failed, 1))
+        problems = f"{late + failed} of {delivered + failed} deliveries late or failed"
+        feature("delivery_problems", w.delivery_problems, share, problems)
     if cx.sentiment is not None and cx.sentiment < 0:
-        features.append(
-            (
-                "negative_sentiment",
-                w.negative_sentiment,
-                min(1.0, -cx.sentiment),
-                f"Recent message sentiment is {cx.sentiment:.2f}",
-            )
-        )
+        sentiment = f"Recent message sentiment is {cx.sentiment:.2f}"
+        feature("negative_sentiment", w.negative_sentiment, min(1.0, -cx.sentiment), sentiment)
     if activity.unsubscribes or consent.get("marketing_email") is False:
-        features.append(
-            ("unsubscribed", w.unsubscribed, 1.0, "Unsubscribed from marketing messages")
-        )
-    contributions = [
-        ChurnReason(code, description, weight * x)
-        for code, weight, x, description in features
-        if weight * x != 0
-    ]
+        feature("unsubscribed", w.unsubscribed, 1.0, "Unsubscribed from marketing messages")
+    contributions = [r for r in reasons if r.contribution != 0]
     z = config.churn_bias + sum(c.contribution for c in contributions)
     risk = 1.0 / (1.0 + math.exp(-z))
     positive = sorted(
