@@ -161,22 +161,10 @@ def guarded(
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, method, guard), **kwargs
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, method, guard), **kwargs
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream(handler.unary_stream, method, guard), **kwargs
-        )
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream(handler.stream_stream, method, guard), **kwargs
-        )
+    for kind, handler_of, wrap in _KINDS:
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            return handler_of(wrap(behaviour, method, guard), **kwargs)
     return handler
 
 
@@ -200,8 +188,25 @@ def _stream(
     return call
 
 
-class StatusInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Maps every handler's outcome to its status code and counts it (see the module doc)."""
+# A handler's behaviour, the factory that makes a handler of it again, and how a guard
+# wraps it (held until it returns, or until its last message is sent).
+_KINDS: tuple[
+    tuple[str, Callable[..., grpc.RpcMethodHandler[Any, Any]], Callable[[Any, str, Guard], Any]],
+    ...,
+] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _unary),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _stream),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _stream),
+)
+
+
+class GuardingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Runs the calls of every method inside the guard `guard_for(method)` gives
+    (`guarded`); a method it gives None for runs as it is."""
+
+    def guard_for(self, method: str) -> Guard | None:
+        raise NotImplementedError
 
     def intercept_service(
         self,
@@ -209,6 +214,15 @@ class StatusInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return guarded(handler, handler_call_details.method, answer_status)
+        method = handler_call_details.method
+        guard = self.guard_for(method)
+        if handler is None or guard is None:
+            return handler
+        return guarded(handler, method, guard)
+
+
+class StatusInterceptor(GuardingInterceptor):
+    """Maps every handler's outcome to its status code and counts it (see the module doc)."""
+
+    def guard_for(self, method: str) -> Guard | None:
+        return answer_status

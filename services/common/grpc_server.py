@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 from prometheus_client import Counter
 
-from services.common.grpc_errors import StatusInterceptor, guarded
+from services.common.grpc_errors import Guard, GuardingInterceptor, StatusInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class AdmissionInterceptor(GuardingInterceptor):
     """Admits at most `limit` concurrent calls other than health and reflection.
 
     A call beyond that is refused at once with RESOURCE_EXHAUSTED, which clients may
@@ -61,16 +60,8 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(UNLIMITED_METHOD_PREFIXES):
-            return handler
-        return guarded(handler, method, self._admit)
+    def guard_for(self, method: str) -> Guard | None:
+        return None if method.startswith(UNLIMITED_METHOD_PREFIXES) else self._admit
 
     @contextlib.contextmanager
     def _admit(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
