@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -123,6 +123,11 @@ class _Checker:
         elif required and value == 0:
             self.add(field, f"is required (one of {', '.join(_enum_names(enum))})")
 
+    def enum_field(self, parent: Message, name: str, prefix: str, *, required: bool) -> None:
+        """`enum` for the field `name` of `parent`, by the enum type it is declared with."""
+        enum = cast(EnumDescriptor, parent.DESCRIPTOR.fields_by_name[name].enum_type)
+        self.enum(f"{prefix}.{name}", getattr(parent, name), enum, required=required)
+
     def money(self, field: str, money: ev.Money, *, non_negative: bool = True) -> None:
         if not CURRENCY_RE.match(money.currency_code):
             self.add(f"{field}.currency_code", "must be an ISO 4217 code such as EUR")
@@ -162,7 +167,7 @@ def _check_product_view(c: _Checker, p: ev.ProductView) -> None:
 
 
 def _check_cart_change(c: _Checker, p: ev.CartChange) -> None:
-    c.enum("cart_change.action", p.action, ev.CartChange.Action.DESCRIPTOR, required=True)
+    c.enum_field(p, "action", "cart_change", required=True)
     c.required_id("cart_change.product_id", p.product_id)
     c.positive("cart_change.quantity", p.quantity)
     c.optional_money(p, "unit_price", "cart_change")
@@ -201,7 +206,7 @@ def _check_payment_failed(c: _Checker, p: ev.PaymentFailed) -> None:
 
 def _check_delivery_update(c: _Checker, p: ev.DeliveryUpdate) -> None:
     c.required_id("delivery_update.order_id", p.order_id)
-    c.enum("delivery_update.status", p.status, ev.DeliveryUpdate.Status.DESCRIPTOR, required=True)
+    c.enum_field(p, "status", "delivery_update", required=True)
     if p.status == ev.DeliveryUpdate.STATUS_DELIVERED and not p.HasField("actual_at"):
         c.add("delivery_update.actual_at", "is required when status is STATUS_DELIVERED")
 
@@ -217,7 +222,7 @@ def _check_support_contact(c: _Checker, p: ev.SupportContact) -> None:
 
 
 def _check_survey_response(c: _Checker, p: ev.SurveyResponse) -> None:
-    c.enum("survey_response.metric", p.metric, ev.SurveyResponse.Metric.DESCRIPTOR, required=True)
+    c.enum_field(p, "metric", "survey_response", required=True)
     if p.metric not in DEFAULT_SCALES:
         return
     low, high = scale_of(p)
@@ -243,19 +248,14 @@ def _check_review(c: _Checker, p: ev.Review) -> None:
 
 def _check_complaint(c: _Checker, p: ev.Complaint) -> None:
     c.required_id("complaint.complaint_id", p.complaint_id)
-    c.enum("complaint.status", p.status, ev.Complaint.Status.DESCRIPTOR, required=True)
-    c.enum("complaint.severity", p.severity, ev.Complaint.Severity.DESCRIPTOR, required=False)
+    c.enum_field(p, "status", "complaint", required=True)
+    c.enum_field(p, "severity", "complaint", required=False)
     c.text("complaint.description", p.description)
 
 
 def _check_conversation_message(c: _Checker, p: ev.ConversationMessage) -> None:
     c.required_id("conversation_message.conversation_id", p.conversation_id)
-    c.enum(
-        "conversation_message.direction",
-        p.direction,
-        ev.ConversationMessage.Direction.DESCRIPTOR,
-        required=True,
-    )
+    c.enum_field(p, "direction", "conversation_message", required=True)
     if not -1.0 <= p.sentiment <= 1.0:
         c.add("conversation_message.sentiment", f"{p.sentiment} is outside -1 to 1")
     c.text("conversation_message.text", p.text)
@@ -263,12 +263,7 @@ def _check_conversation_message(c: _Checker, p: ev.ConversationMessage) -> None:
 
 def _check_message_engagement(c: _Checker, p: ev.MessageEngagement) -> None:
     c.required_id("message_engagement.message_id", p.message_id)
-    c.enum(
-        "message_engagement.action",
-        p.action,
-        ev.MessageEngagement.Action.DESCRIPTOR,
-        required=True,
-    )
+    c.enum_field(p, "action", "message_engagement", required=True)
 
 
 def _check_app_error(c: _Checker, p: ev.AppError) -> None:
@@ -278,38 +273,39 @@ def _check_app_error(c: _Checker, p: ev.AppError) -> None:
 
 
 def _check_identify(c: _Checker, p: ev.Identify) -> None:
-    c.enum("identify.method", p.method, ev.Identify.Method.DESCRIPTOR, required=False)
+    c.enum_field(p, "method", "identify", required=False)
 
 
 def _check_consent_change(c: _Checker, p: ev.ConsentChange) -> None:
-    c.enum("consent_change.purpose", p.purpose, ev.ConsentChange.Purpose.DESCRIPTOR, required=True)
+    c.enum_field(p, "purpose", "consent_change", required=True)
 
 
 def _check_offer_outcome(c: _Checker, p: ev.OfferOutcome) -> None:
     c.required_id("offer_outcome.decision_id", p.decision_id)
     c.required_id("offer_outcome.offer_id", p.offer_id)
-    c.enum("offer_outcome.outcome", p.outcome, ev.OfferOutcome.Outcome.DESCRIPTOR, required=True)
+    c.enum_field(p, "outcome", "offer_outcome", required=True)
 
 
-PAYLOAD_CHECKS: dict[str, Callable[[_Checker, ev.TouchpointEvent], None]] = {
-    "page_view": lambda c, e: _check_page_view(c, e.page_view),
-    "product_view": lambda c, e: _check_product_view(c, e.product_view),
-    "cart_change": lambda c, e: _check_cart_change(c, e.cart_change),
-    "order_placed": lambda c, e: _check_order_placed(c, e.order_placed),
-    "order_cancelled": lambda c, e: _check_order_cancelled(c, e.order_cancelled),
-    "order_returned": lambda c, e: _check_order_returned(c, e.order_returned),
-    "payment_failed": lambda c, e: _check_payment_failed(c, e.payment_failed),
-    "delivery_update": lambda c, e: _check_delivery_update(c, e.delivery_update),
-    "support_contact": lambda c, e: _check_support_contact(c, e.support_contact),
-    "survey_response": lambda c, e: _check_survey_response(c, e.survey_response),
-    "review": lambda c, e: _check_review(c, e.review),
-    "complaint": lambda c, e: _check_complaint(c, e.complaint),
-    "conversation_message": lambda c, e: _check_conversation_message(c, e.conversation_message),
-    "message_engagement": lambda c, e: _check_message_engagement(c, e.message_engagement),
-    "app_error": lambda c, e: _check_app_error(c, e.app_error),
-    "identify": lambda c, e: _check_identify(c, e.identify),
-    "consent_change": lambda c, e: _check_consent_change(c, e.consent_change),
-    "offer_outcome": lambda c, e: _check_offer_outcome(c, e.offer_outcome),
+# Each payload's checks, given the payload (the event's field of the same name).
+PAYLOAD_CHECKS: dict[str, Callable[[_Checker, Any], None]] = {
+    "page_view": _check_page_view,
+    "product_view": _check_product_view,
+    "cart_change": _check_cart_change,
+    "order_placed": _check_order_placed,
+    "order_cancelled": _check_order_cancelled,
+    "order_returned": _check_order_returned,
+    "payment_failed": _check_payment_failed,
+    "delivery_update": _check_delivery_update,
+    "support_contact": _check_support_contact,
+    "survey_response": _check_survey_response,
+    "review": _check_review,
+    "complaint": _check_complaint,
+    "conversation_message": _check_conversation_message,
+    "message_engagement": _check_message_engagement,
+    "app_error": _check_app_error,
+    "identify": _check_identify,
+    "consent_change": _check_consent_change,
+    "offer_outcome": _check_offer_outcome,
 }
 
 
@@ -490,7 +486,7 @@ def normalise_and_validate(
         if kind is None:
             c.add("payload", "is required: set one event type such as page_view or order_placed")
         else:
-            PAYLOAD_CHECKS[kind](c, event)
+            PAYLOAD_CHECKS[kind](c, getattr(event, kind))
     except Exception as exc:  # a validator that raises would stop a stream: never
         c.add("event", f"cannot be validated ({type(exc).__name__}: {exc})")
     return c.violations

@@ -69,6 +69,24 @@ def test_unknown_enum_number_is_rejected() -> None:
     assert "99 is not a known Channel value" in violations[0].description
 
 
+PAYLOAD_ENUMS = [
+    (payload.name, field.name, field.enum_type.name)
+    for payload in ev.TouchpointEvent.DESCRIPTOR.oneofs_by_name["payload"].fields
+    for field in getattr(ev.TouchpointEvent(), payload.name).DESCRIPTOR.fields
+    if field.enum_type is not None
+]
+
+
+@pytest.mark.parametrize(("payload", "name", "enum"), PAYLOAD_ENUMS)
+def test_every_payload_enum_is_checked_under_its_field_path(
+    payload: str, name: str, enum: str
+) -> None:
+    event = page_view()
+    setattr(getattr(event, payload), name, 99)
+    violations = {v.field: v.description for v in normalise_and_validate(event)}
+    assert violations[f"{payload}.{name}"] == f"99 is not a known {enum} value"
+
+
 def test_future_timestamp_is_rejected_but_small_skew_is_allowed() -> None:
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     event = page_view()
