@@ -32,7 +32,7 @@ from services.common.kafka_io import reliable_producer, send_touchpoint, touchpo
 from services.common.settings import kafka_settings, redis_settings
 from services.demo.journeys import DemoConfig, generate
 from services.profile.adapters.layout import Keys, Stat, as_text, split_member
-from services.profile.isolation import IsolatedPipeline
+from tests.support.isolation import IsolatedPipeline
 
 GOAL_EVENTS_PER_S = 10_000
 GOAL_P99_MS = 50.0

@@ -23,8 +23,8 @@ from services.common.touchpoint_publisher import TouchpointPublisher
 from services.ingest.server import build_server as build_ingest
 from services.profile.adapters.reader import ProfileReader
 from services.profile.domain.state import ProfileState
-from services.profile.isolation import IsolatedPipeline
 from services.profile.server import build_server as build_profile
+from tests.support.isolation import IsolatedPipeline
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Plain modules (no pytest fixtures) that tests and benchmarks share."""
