@@ -28,6 +28,19 @@ from tests.support.isolation import IsolatedPipeline
 
 T = TypeVar("T")
 
+EMAIL = pb.IDENTIFIER_TYPE_EMAIL
+CUSTOMER = pb.IDENTIFIER_TYPE_CUSTOMER_ID
+ANON = pb.IDENTIFIER_TYPE_ANONYMOUS_ID
+
+
+def aggregates(state: ProfileState) -> ProfileState:
+    """Only what events determine: drops what identity resolution itself keeps, to compare
+    a stored profile with the fold of its events."""
+    state.sums = {k: v for k, v in state.sums.items() if not k.startswith("ids.")}
+    state.minima.pop("created", None)
+    state.latest.pop("u.identity", None)
+    return state
+
 
 class ProfileHarness(IsolatedPipeline):
     def __init__(

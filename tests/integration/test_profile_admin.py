@@ -15,8 +15,8 @@ from services.profile.adapters.layout import as_text
 from services.profile.adapters.reader import ProfileReader
 from services.profile.server import build_server as build_profile
 from services.profile.settings import ProfileSettings
-from tests.integration.profile_harness import ProfileHarness
-from tests.integration.test_profile_flow import ANON, CUSTOMER, EMAIL, login, nps, order, page
+from tests.factories import recent_login, recent_nps, recent_order, recent_page
+from tests.integration.profile_harness import ANON, CUSTOMER, EMAIL, ProfileHarness
 
 PHONE = pb.IDENTIFIER_TYPE_PHONE
 
@@ -36,10 +36,10 @@ def test_erase_removes_every_key_and_suppresses_recreation(profile_harness: Prof
     )
     h.track(
         [
-            page(0, anonymous_id=anon),
-            login(1, anonymous_id=anon, customer_id=customer, email=email, phone=phone),
-            nps(2, 2, customer_id=customer),
-            order(3, 40, email=email),
+            recent_page(0, anonymous_id=anon),
+            recent_login(1, anonymous_id=anon, customer_id=customer, email=email, phone=phone),
+            recent_nps(2, 2, customer_id=customer),
+            recent_order(3, 40, email=email),
         ]
     )
     profile = h.wait_for_profile(EMAIL, email, events=4)
@@ -73,7 +73,7 @@ def test_erase_removes_every_key_and_suppresses_recreation(profile_harness: Prof
         assert h.profile(t, value) is None
 
     suppressed = h.stat("suppressed")
-    h.track([page(10, email=email)])
+    h.track([recent_page(10, email=email)])
     h.wait_for("the event to be suppressed", lambda: h.stat("suppressed") > suppressed)
     assert h.profile(EMAIL, email) is None
 
@@ -82,13 +82,13 @@ def test_remove_identifier_splits_and_does_not_link_back(profile_harness: Profil
     h = profile_harness
     tag = uuid.uuid4().hex[:6]
     anon, customer = f"ra-{tag}", f"rc-{tag}"
-    h.track([page(i, anonymous_id=anon) for i in range(3)])
+    h.track([recent_page(i, anonymous_id=anon) for i in range(3)])
     h.wait_for_profile(ANON, anon, events=3)
     h.track(
         [
-            login(5, anonymous_id=anon, customer_id=customer),
-            order(6, 50, customer_id=customer),
-            order(7, 70, customer_id=customer),
+            recent_login(5, anonymous_id=anon, customer_id=customer),
+            recent_order(6, 50, customer_id=customer),
+            recent_order(7, 70, customer_id=customer),
         ]
     )
     merged = h.wait_for_profile(CUSTOMER, customer, events=6)
@@ -107,7 +107,7 @@ def test_remove_identifier_splits_and_does_not_link_back(profile_harness: Profil
     assert [i.identifier.value for i in kept.identities] == [customer]
 
     # A later event carrying both does not merge them again: it goes to the customer.
-    h.track([login(9, anonymous_id=anon, customer_id=customer)])
+    h.track([recent_login(9, anonymous_id=anon, customer_id=customer)])
     h.wait_for_profile(CUSTOMER, customer, events=4)
     again = h.profile(ANON, anon)
     assert again is not None
@@ -122,11 +122,11 @@ def test_unmerge_restores_the_merged_profile(profile_harness: ProfileHarness) ->
     h = profile_harness
     tag = uuid.uuid4().hex[:6]
     anon, email = f"ua-{tag}", f"u-{tag}@example.com"
-    h.track([page(0, email=email)])
+    h.track([recent_page(0, email=email)])
     known = h.wait_for_profile(EMAIL, email, events=1)
-    h.track([page(i, anonymous_id=anon) for i in range(1, 4)])
+    h.track([recent_page(i, anonymous_id=anon) for i in range(1, 4)])
     anonymous = h.wait_for_profile(ANON, anon, events=3)
-    h.track([login(5, anonymous_id=anon, email=email)])
+    h.track([recent_login(5, anonymous_id=anon, email=email)])
     h.wait_for_profile(EMAIL, email, events=5)
 
     reply = h.profiles.UnmergeProfile(
@@ -157,7 +157,7 @@ def test_consent_goes_through_the_stream_and_segments_list_members(
 ) -> None:
     h = profile_harness
     email = f"consent-{uuid.uuid4().hex[:6]}@example.com"
-    h.track([page(0, email=email)])
+    h.track([recent_page(0, email=email)])
     h.wait_for_profile(EMAIL, email, events=1)
     reply = h.profiles.UpdateConsent(
         pb.UpdateConsentRequest(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -16,85 +15,17 @@ from kafka import KafkaProducer
 from services.common.dead_letter import REASON_HEADER, SOURCE_OFFSET_HEADER
 from services.common.telemetry import header_value
 from services.profile.domain.fold import differences, fold
-from services.profile.domain.state import ProfileState
-from tests.integration.profile_harness import ProfileHarness
+from tests.factories import (
+    recent_complaint,
+    recent_login,
+    recent_nps,
+    recent_order,
+    recent_page,
+)
+from tests.integration.profile_harness import ANON, CUSTOMER, EMAIL, ProfileHarness
 
-EMAIL = pb.IDENTIFIER_TYPE_EMAIL
-CUSTOMER = pb.IDENTIFIER_TYPE_CUSTOMER_ID
-ANON = pb.IDENTIFIER_TYPE_ANONYMOUS_ID
-T0 = datetime.now(UTC) - timedelta(days=3)
-
-
-def event(minutes: float, **identities: str) -> ev.TouchpointEvent:
-    e = ev.TouchpointEvent(
-        event_id=f"flow-{uuid.uuid4()}",
-        identities=ev.Identities(**identities),
-        channel=ev.CHANNEL_WEB,
-        touchpoint="catalogue.product",
-        journey_stage=ev.JOURNEY_STAGE_CONSIDERATION,
-        source_system="tests",
-    )
-    e.occurred_at.FromDatetime(T0 + timedelta(minutes=minutes))
-    return e
-
-
-def page(minutes: float, **ids: str) -> ev.TouchpointEvent:
-    e = event(minutes, **ids)
-    e.page_view.page = "/p/1"
-    return e
-
-
-def order(minutes: float, amount: int, **ids: str) -> ev.TouchpointEvent:
-    e = event(minutes, **ids)
-    e.channel, e.touchpoint = ev.CHANNEL_APP, "checkout.order"
-    e.journey_stage = ev.JOURNEY_STAGE_PURCHASE
-    e.order_placed.CopyFrom(
-        ev.OrderPlaced(
-            order_id=f"o-{uuid.uuid4()}", total=ev.Money(currency_code="EUR", units=amount)
-        )
-    )
-    return e
-
-
-def nps(minutes: float, score: int, **ids: str) -> ev.TouchpointEvent:
-    e = event(minutes, **ids)
-    e.channel, e.touchpoint = ev.CHANNEL_EMAIL, "survey.nps"
-    e.journey_stage = ev.JOURNEY_STAGE_ADVOCACY
-    e.survey_response.CopyFrom(
-        ev.SurveyResponse(survey_id="nps-q4", metric=ev.SurveyResponse.METRIC_NPS, score=score)
-    )
-    return e
-
-
-def complaint(minutes: float, **ids: str) -> ev.TouchpointEvent:
-    e = event(minutes, **ids)
-    e.channel, e.touchpoint = ev.CHANNEL_PHONE, "support.complaint"
-    e.journey_stage = ev.JOURNEY_STAGE_SUPPORT
-    e.complaint.CopyFrom(
-        ev.Complaint(
-            complaint_id=f"cmp-{uuid.uuid4()}",
-            status=ev.Complaint.STATUS_OPENED,
-            severity=ev.Complaint.SEVERITY_HIGH,
-            category="delivery",
-        )
-    )
-    return e
-
-
-def login(minutes: float, **ids: str) -> ev.TouchpointEvent:
-    e = event(minutes, **ids)
-    e.touchpoint = "account.login"
-    e.identify.method = ev.Identify.METHOD_LOGIN
-    e.identify.traits.update({"first_name": "Ada", "plan": "gold"})
-    return e
-
-
-def aggregates(state: ProfileState) -> ProfileState:
-    """Only what events determine: drops what identity resolution itself keeps."""
-    state.sums = {k: v for k, v in state.sums.items() if not k.startswith("ids.")}
-    state.minima.pop("created", None)
-    state.latest.pop("u.identity", None)
-    return state
+# Re-exported for tests/integration/faults.py until it imports the harness's.
+from tests.integration.profile_harness import aggregates as aggregates
 
 
 def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_changes(
@@ -105,20 +36,20 @@ def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_ch
     anon, customer, email = f"anon-{tag}", f"cust-{tag}", f"ada-{tag}@example.com"
     # The person is known from a store visit before browsing anonymously; the login then
     # merges two existing profiles.
-    store_visit = page(-60, email=email)
+    store_visit = recent_page(-60, email=email)
     store_visit.channel = ev.CHANNEL_STORE
     h.track([store_visit])
     known = h.wait_for_profile(EMAIL, email, events=1)
     journey = [
         store_visit,
-        page(0, anonymous_id=anon),
-        page(1, anonymous_id=anon),
-        page(2, anonymous_id=anon),
-        login(3, anonymous_id=anon, customer_id=customer, email=email),
-        order(10, 120, customer_id=customer),
-        order(60, 80, customer_id=customer, email=email),
-        nps(120, 3, email=email),
-        complaint(130, customer_id=customer),
+        recent_page(0, anonymous_id=anon),
+        recent_page(1, anonymous_id=anon),
+        recent_page(2, anonymous_id=anon),
+        recent_login(3, anonymous_id=anon, customer_id=customer, email=email),
+        recent_order(10, 120, customer_id=customer),
+        recent_order(60, 80, customer_id=customer, email=email),
+        recent_nps(120, 3, email=email),
+        recent_complaint(130, customer_id=customer),
     ]
 
     # Events on different partition keys may be resolved in any order: the anonymous
@@ -206,7 +137,7 @@ def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_ch
 
     # Redelivery of the same events changes nothing. Markers on both partition keys come
     # after the repeats, so once they are applied the repeats were processed too.
-    markers = [page(200, anonymous_id=anon), page(201, customer_id=customer)]
+    markers = [recent_page(200, anonymous_id=anon), recent_page(201, customer_id=customer)]
     h.track(journey + markers)
     after = h.wait_for_profile(EMAIL, email, events=len(journey) + 2)
     assert after.commerce.orders == 2
@@ -228,7 +159,7 @@ def test_poison_record_is_dead_lettered_and_the_stream_continues(
     poison = raw.send(
         h.kafka.touchpoints_topic, key=b"k", value=b"\x00not-protobuf", partition=0
     ).get(timeout=10)
-    after = page(300, customer_id=f"after-poison-{uuid.uuid4().hex[:6]}")
+    after = recent_page(300, customer_id=f"after-poison-{uuid.uuid4().hex[:6]}")
     raw.send(h.kafka.touchpoints_topic, key=b"k", value=after.SerializeToString(), partition=0)
     raw.flush()
     raw.close()
@@ -252,7 +183,7 @@ def test_corrupt_bundle_on_the_repartition_topic_is_dead_lettered_and_apply_cont
         timeout=10
     )
     raw.close()
-    after = page(301, customer_id=f"after-bundle-{uuid.uuid4().hex[:6]}")
+    after = recent_page(301, customer_id=f"after-bundle-{uuid.uuid4().hex[:6]}")
     h.track([after])
 
     h.wait_for(
@@ -268,8 +199,8 @@ def test_corrupt_bundle_on_the_repartition_topic_is_dead_lettered_and_apply_cont
 def test_profile_reads_validate_and_page(profile_harness: ProfileHarness) -> None:
     h = profile_harness
     customer = f"reader-{uuid.uuid4().hex[:6]}"
-    events = [page(i, customer_id=customer) for i in range(7)] + [
-        order(8, 30, customer_id=customer)
+    events = [recent_page(i, customer_id=customer) for i in range(7)] + [
+        recent_order(8, 30, customer_id=customer)
     ]
     h.track(events)
     profile = h.wait_for_profile(CUSTOMER, customer, events=8)

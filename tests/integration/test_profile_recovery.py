@@ -8,88 +8,19 @@ import signal
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 
-from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
 from services.profile.domain.fold import differences, fold
-from tests.integration.profile_harness import ProfileHarness
-from tests.integration.test_profile_flow import aggregates
+
+# Re-exported for tests/integration/faults.py until it imports them from tests.factories.
+from tests.factories import EVENTS_PER_PERSON as EVENTS_PER_PERSON
+from tests.factories import person_events as person_events
+from tests.integration.profile_harness import ProfileHarness, aggregates
 
 PEOPLE = 300
-EVENTS_PER_PERSON = 35
-
-
-def person_events(rng: random.Random, run: str, i: int) -> list[ev.TouchpointEvent]:
-    anon, customer, email = f"{run}-a{i}", f"{run}-c{i}", f"{run}-{i}@example.com"
-    start = datetime.now(UTC) - timedelta(days=20) + timedelta(minutes=i)
-    out = []
-    for n in range(EVENTS_PER_PERSON):
-        e = ev.TouchpointEvent(
-            event_id=f"{run}-{i}-{n}",
-            channel=ev.CHANNEL_WEB,
-            touchpoint="site.page",
-            journey_stage=ev.JOURNEY_STAGE_CONSIDERATION,
-            source_system="recovery-test",
-        )
-        e.occurred_at.FromDatetime(start + timedelta(hours=n))
-        if n < 5:
-            e.identities.anonymous_id = anon
-            e.page_view.page = f"/p/{n}"
-        elif n == 5:
-            e.identities.MergeFrom(
-                ev.Identities(anonymous_id=anon, customer_id=customer, email=email)
-            )
-            e.identify.method = ev.Identify.METHOD_LOGIN
-        else:
-            e.identities.customer_id = customer
-            kind = rng.choice(["order", "nps", "csat", "contact", "message", "page"])
-            if kind == "order":
-                e.order_placed.CopyFrom(
-                    ev.OrderPlaced(
-                        order_id=f"o-{n}",
-                        total=ev.Money(currency_code="EUR", units=rng.randint(5, 300)),
-                    )
-                )
-            elif kind == "nps":
-                e.survey_response.CopyFrom(
-                    ev.SurveyResponse(
-                        survey_id="nps",
-                        metric=ev.SurveyResponse.METRIC_NPS,
-                        score=rng.randint(0, 10),
-                    )
-                )
-            elif kind == "csat":
-                e.survey_response.CopyFrom(
-                    ev.SurveyResponse(
-                        survey_id="csat",
-                        metric=ev.SurveyResponse.METRIC_CSAT,
-                        score=rng.randint(1, 5),
-                    )
-                )
-            elif kind == "contact":
-                e.support_contact.CopyFrom(
-                    ev.SupportContact(
-                        contact_id=f"k-{n}",
-                        reason=rng.choice(["delivery.late", "billing"]),
-                        resolved=rng.random() < 0.5,
-                    )
-                )
-            elif kind == "message":
-                e.conversation_message.CopyFrom(
-                    ev.ConversationMessage(
-                        conversation_id=f"m-{n}",
-                        direction=ev.ConversationMessage.DIRECTION_INBOUND,
-                        sentiment=round(rng.uniform(-1, 1), 2),
-                    )
-                )
-            else:
-                e.page_view.page = "/account"
-        out.append(e)
-    return out
 
 
 def end_offsets(admin: KafkaAdminClient, topic: str) -> dict[TopicPartition, int]:

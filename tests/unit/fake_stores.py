@@ -1,5 +1,6 @@
-"""In-memory stand-ins for the profile worker's store (`ProfileStore`), for unit tests of
-the pipeline without Redis."""
+"""In-memory stand-ins for the profile's Redis structures: the worker's store
+(`ProfileStore`) for unit tests of the pipeline, and the stored profile of some events for
+the views and the gRPC servicer, without Redis."""
 
 from __future__ import annotations
 
@@ -19,8 +20,33 @@ from services.profile.adapters.store import (
     state_to_redis,
 )
 from services.profile.domain.effects import timestamp_ms
-from services.profile.domain.fold import apply_effects, identifiers_of
+from services.profile.domain.fold import apply_effects, fold, identifiers_of
 from services.profile.domain.state import ProfileState
+
+
+def stored_profile(
+    state: ProfileState, outbox: Sequence[dict[str, Any]] | None = None
+) -> StoredProfile:
+    """The structures Redis holds for a profile state, its published snapshot (`s:`
+    fields) included: as the reader loads them, or with `outbox` as apply.lua replies
+    them (a reply has no touchpoint counts)."""
+    raw = state_to_redis(state)
+    return StoredProfile(
+        state.profile_id,
+        main=raw["main"] | {f"s:{k}": v for k, v in state.snapshot.items()},
+        ids={f"{t}:{value}" for t, value in state.identities},
+        traits=raw["traits"],
+        consent=raw["consent"],
+        complaints=raw["complaints"],
+        contacts={member: float(score) for member, score in raw["contacts"]},
+        outbox=[] if outbox is None else list(outbox),
+        touchpoints=raw["touchpoints"] if outbox is None else {},
+    )
+
+
+def stored(events: Sequence[ev.TouchpointEvent], profile_id: str = "p-1") -> StoredProfile:
+    """The structures the store would hold for these events (the reference fold)."""
+    return stored_profile(fold(events, profile_id))
 
 
 @dataclass
@@ -113,15 +139,4 @@ class MemoryStore:
 
     def stored(self, pid: str) -> StoredProfile:
         profile = self.profiles[pid]
-        raw = state_to_redis(profile.state)
-        main = raw["main"] | {f"s:{k}": v for k, v in profile.state.snapshot.items()}
-        return StoredProfile(
-            pid,
-            main=main,
-            ids={f"{t}:{value}" for t, value in profile.state.identities},
-            traits=raw["traits"],
-            consent=raw["consent"],
-            complaints=raw["complaints"],
-            contacts={member: float(score) for member, score in raw["contacts"]},
-            outbox=list(profile.outbox),
-        )
+        return stored_profile(profile.state, profile.outbox)

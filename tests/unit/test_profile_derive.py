@@ -21,7 +21,7 @@ from services.profile.domain.derive import (
 from services.profile.domain.fold import fold
 from services.profile.domain.segments import evaluate, load_segments
 from services.profile.domain.state import ProfileState
-from tests.unit.test_profile_fold import (
+from tests.factories import (
     at,
     cancelled,
     ces,
@@ -32,12 +32,12 @@ from tests.unit.test_profile_fold import (
     delivered,
     delivery_failed,
     engagement,
+    home_page_view,
     identify,
     journey,
     message,
     nps,
     order,
-    page_view,
     payment_failed,
     product_view,
     returned,
@@ -63,7 +63,7 @@ def logistic(z: float) -> float:
 def test_two_orders_and_a_return() -> None:
     d = derived(
         [
-            page_view(0),
+            home_page_view(0),
             order(0, 100, "o-1"),
             order(20, 60, "o-2"),
             delivered(22, order_id="o-2"),
@@ -109,7 +109,7 @@ def test_predicted_clv_counts_at_least_six_months_of_tenure_and_ignores_cancelle
 
 
 def test_a_profile_without_orders_has_no_value() -> None:
-    d = derived([page_view(0)], now_day=1)
+    d = derived([home_page_view(0)], now_day=1)
     c = d.commerce
     assert (c.orders, c.average_order_value, c.clv_total) == (0, 0.0, 0.0)
     assert c.recency_days is None
@@ -385,8 +385,8 @@ def test_an_empty_profile_has_the_baseline_risk() -> None:
 @pytest.mark.parametrize(
     ("events", "now_day", "stage", "rule"),
     [
-        ([page_view(0)], 1, "awareness", "no_shopping_activity"),
-        ([page_view(0), product_view(1)], 2, "consideration", "shopping_without_order"),
+        ([home_page_view(0)], 1, "awareness", "no_shopping_activity"),
+        ([home_page_view(0), product_view(1)], 2, "consideration", "shopping_without_order"),
         ([product_view(0), payment_failed(1)], 2, "purchase", "payment_failed_since_last_order"),
         ([product_view(0), payment_failed(1)], 20, "consideration", "shopping_without_order"),
         ([order(0, 10), payment_failed(1)], 2, "purchase", "payment_failed_since_last_order"),

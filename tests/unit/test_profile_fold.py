@@ -1,14 +1,8 @@
-"""The reference fold: op semantics, deduplication, identities and order independence.
-
-The event builders here are shared by the derive and segment tests.
-"""
+"""The reference fold: op semantics, deduplication, identities and order independence."""
 
 from __future__ import annotations
 
-import itertools
 import random
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -18,236 +12,22 @@ from services.profile.adapters.layout import state_to_redis
 from services.profile.domain.effects import Effects
 from services.profile.domain.fold import Folder, apply_effects, differences, fold
 from services.profile.domain.state import Contact, Latest, ProfileState
-
-DAY_MS = 86_400_000
-BASE_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
-_ids = itertools.count(1)
-
-
-def at(day: float) -> int:
-    """Milliseconds of `day` days after the tests' base date (2026-03-01)."""
-    return BASE_MS + round(day * DAY_MS)
-
-
-def event(
-    day: float,
-    *,
-    customer_id: str = "cust-1",
-    channel: ev.Channel.ValueType = ev.CHANNEL_WEB,
-    stage: ev.JourneyStage.ValueType = ev.JOURNEY_STAGE_USAGE,
-    event_id: str | None = None,
-    identities: ev.Identities | None = None,
-    **payload: Any,
-) -> ev.TouchpointEvent:
-    e = ev.TouchpointEvent(
-        event_id=event_id or f"evt-{next(_ids)}",
-        channel=channel,
-        touchpoint="tests.journey",
-        journey_stage=stage,
-        source_system="tests",
-        identities=identities or ev.Identities(customer_id=customer_id),
-        **payload,
-    )
-    e.occurred_at.FromMilliseconds(at(day))
-    return e
-
-
-def money(amount: float, currency: str = "EUR") -> ev.Money:
-    units = int(amount)
-    return ev.Money(currency_code=currency, units=units, nanos=round((amount - units) * 1e9))
-
-
-def page_view(day: float, **kw: Any) -> ev.TouchpointEvent:
-    return event(day, stage=ev.JOURNEY_STAGE_AWARENESS, page_view=ev.PageView(page="/"), **kw)
-
-
-def product_view(day: float, **kw: Any) -> ev.TouchpointEvent:
-    return event(
-        day,
-        stage=ev.JOURNEY_STAGE_CONSIDERATION,
-        product_view=ev.ProductView(product_id="sku-1", price=money(40)),
-        **kw,
-    )
-
-
-def order(day: float, total: float, order_id: str = "o-1", **kw: Any) -> ev.TouchpointEvent:
-    return event(
-        day,
-        stage=ev.JOURNEY_STAGE_PURCHASE,
-        order_placed=ev.OrderPlaced(order_id=order_id, total=money(total)),
-        **kw,
-    )
-
-
-def returned(day: float, refunded: float, order_id: str = "o-1") -> ev.TouchpointEvent:
-    return event(day, order_returned=ev.OrderReturned(order_id=order_id, refunded=money(refunded)))
-
-
-def cancelled(day: float, refunded: float, order_id: str = "o-1") -> ev.TouchpointEvent:
-    return event(
-        day, order_cancelled=ev.OrderCancelled(order_id=order_id, refunded=money(refunded))
-    )
-
-
-def payment_failed(day: float, order_id: str = "o-9") -> ev.TouchpointEvent:
-    return event(
-        day,
-        stage=ev.JOURNEY_STAGE_PURCHASE,
-        payment_failed=ev.PaymentFailed(order_id=order_id, failure_code="card_declined"),
-    )
-
-
-def delivered(day: float, *, late: bool = False, order_id: str = "o-1") -> ev.TouchpointEvent:
-    update = ev.DeliveryUpdate(order_id=order_id, status=ev.DeliveryUpdate.STATUS_DELIVERED)
-    update.actual_at.FromMilliseconds(at(day))
-    update.promised_at.FromMilliseconds(at(day - 1 if late else day + 1))
-    return event(day, delivery_update=update)
-
-
-def delivery_failed(day: float, order_id: str = "o-1") -> ev.TouchpointEvent:
-    return event(
-        day,
-        delivery_update=ev.DeliveryUpdate(
-            order_id=order_id, status=ev.DeliveryUpdate.STATUS_FAILED
-        ),
-    )
-
-
-def survey(
-    day: float, metric: ev.SurveyResponse.Metric.ValueType, score: int
-) -> ev.TouchpointEvent:
-    return event(
-        day,
-        channel=ev.CHANNEL_EMAIL,
-        stage=ev.JOURNEY_STAGE_SUPPORT,
-        survey_response=ev.SurveyResponse(survey_id="s-1", metric=metric, score=score),
-    )
-
-
-def nps(day: float, score: int) -> ev.TouchpointEvent:
-    return survey(day, ev.SurveyResponse.METRIC_NPS, score)
-
-
-def csat(day: float, score: int) -> ev.TouchpointEvent:
-    return survey(day, ev.SurveyResponse.METRIC_CSAT, score)
-
-
-def ces(day: float, score: int) -> ev.TouchpointEvent:
-    return survey(day, ev.SurveyResponse.METRIC_CES, score)
-
-
-def review(day: float, rating: int) -> ev.TouchpointEvent:
-    return event(day, review=ev.Review(review_id=f"r-{day}", product_id="sku-1", rating=rating))
-
-
-def complaint(
-    day: float,
-    complaint_id: str,
-    status: ev.Complaint.Status.ValueType,
-    severity: ev.Complaint.Severity.ValueType = ev.Complaint.SEVERITY_HIGH,
-) -> ev.TouchpointEvent:
-    return event(
-        day,
-        channel=ev.CHANNEL_PHONE,
-        stage=ev.JOURNEY_STAGE_SUPPORT,
-        complaint=ev.Complaint(
-            complaint_id=complaint_id, status=status, severity=severity, category="delivery"
-        ),
-    )
-
-
-def contact(
-    day: float, contact_id: str, reason: str, *, resolved: bool = True
-) -> ev.TouchpointEvent:
-    return event(
-        day,
-        channel=ev.CHANNEL_PHONE,
-        stage=ev.JOURNEY_STAGE_SUPPORT,
-        support_contact=ev.SupportContact(contact_id=contact_id, reason=reason, resolved=resolved),
-    )
-
-
-def message(day: float, sentiment: float) -> ev.TouchpointEvent:
-    return event(
-        day,
-        channel=ev.CHANNEL_CHAT,
-        conversation_message=ev.ConversationMessage(
-            conversation_id="conv-1",
-            direction=ev.ConversationMessage.DIRECTION_INBOUND,
-            text="hello",
-            sentiment=sentiment,
-        ),
-    )
-
-
-def engagement(day: float, action: ev.MessageEngagement.Action.ValueType) -> ev.TouchpointEvent:
-    return event(
-        day,
-        channel=ev.CHANNEL_EMAIL,
-        message_engagement=ev.MessageEngagement(message_id="m-1", action=action),
-    )
-
-
-def consent(
-    day: float, purpose: ev.ConsentChange.Purpose.ValueType, *, granted: bool
-) -> ev.TouchpointEvent:
-    return event(day, consent_change=ev.ConsentChange(purpose=purpose, granted=granted))
-
-
-def identify(
-    day: float, *, identities: ev.Identities | None = None, **traits: Any
-) -> ev.TouchpointEvent:
-    e = event(day, identities=identities, identify=ev.Identify(method=ev.Identify.METHOD_LOGIN))
-    e.identify.traits.update(traits)
-    return e
-
-
-def journey() -> list[ev.TouchpointEvent]:
-    """A realistic mixed journey with ties, duplicates and out-of-order updates."""
-    first = page_view(0, identities=ev.Identities(anonymous_id="anon-1"))
-    tie_a = event(5, channel=ev.CHANNEL_APP, page_view=ev.PageView(page="/a"))
-    tie_b = event(5, channel=ev.CHANNEL_WEB, page_view=ev.PageView(page="/b"))
-    tie_b.occurred_at.CopyFrom(tie_a.occurred_at)
-    events = [
-        first,
-        product_view(1, identities=ev.Identities(anonymous_id="anon-1", email="ann@example.org")),
-        identify(2, plan="basic", first_name="Ann"),
-        order(3, 120.5, "o-1"),
-        delivered(6, late=True),
-        tie_a,
-        tie_b,
-        returned(8, 20.25),
-        csat(9, 2),
-        contact(10, "k-1", "delivery.late", resolved=False),
-        contact(11, "k-1", "delivery.late", resolved=True),
-        contact(12, "k-2", "delivery.late", resolved=True),
-        complaint(12, "c-1", ev.Complaint.STATUS_OPENED),
-        complaint(14, "c-1", ev.Complaint.STATUS_RESOLVED),
-        nps(15, 4),
-        message(15, -0.6),
-        message(16, 0.4),
-        ces(16, 5),
-        review(17, 2),
-        consent(18, ev.ConsentChange.PURPOSE_MARKETING_EMAIL, granted=True),
-        consent(19, ev.ConsentChange.PURPOSE_MARKETING_EMAIL, granted=False),
-        identify(20, plan="plus"),
-        order(21, 80, "o-2", identities=ev.Identities(customer_id="cust-1", phone="+447700900123")),
-        payment_failed(22),
-        engagement(23, ev.MessageEngagement.ACTION_UNSUBSCRIBE),
-        csat(24, 5),
-        nps(25, 9),
-    ]
-    # The latest event ties with another one: the greater values win in any order.
-    last_tie = event(25, channel=ev.CHANNEL_APP, page_view=ev.PageView(page="/thanks"))
-    last_tie.occurred_at.CopyFrom(events[-1].occurred_at)
-    return [*events, last_tie, events[3], events[9]]  # and two redeliveries
-
-
-# ---------------------------------------------------------------------------------------
+from tests.factories import (
+    at,
+    complaint,
+    consent,
+    contact,
+    csat,
+    event,
+    home_page_view,
+    identify,
+    journey,
+    order,
+)
 
 
 def test_fold_sums_minima_maxima_and_latest() -> None:
-    state = fold([page_view(0), order(2, 50, "o-1"), order(1, 30.5, "o-2"), csat(3, 4)])
+    state = fold([home_page_view(0), order(2, 50, "o-1"), order(1, 30.5, "o-2"), csat(3, 4)])
     assert state.count("events") == 4
     assert state.count("orders") == 2
     assert state.sum("revenue") == pytest.approx(80.5)
@@ -296,7 +76,7 @@ def test_the_same_event_id_applies_once() -> None:
 def test_identities_of_every_event_are_collected() -> None:
     state = fold(
         [
-            page_view(0, identities=ev.Identities(anonymous_id="anon-1")),
+            home_page_view(0, identities=ev.Identities(anonymous_id="anon-1")),
             identify(1, identities=ev.Identities(anonymous_id="anon-1", email="a@example.org")),
             order(2, 10, identities=ev.Identities(customer_id="c-9", phone="+447700900123")),
         ],

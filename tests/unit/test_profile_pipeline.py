@@ -15,8 +15,8 @@ from services.common.dead_letter import SourceRecord
 from services.profile.adapters.store import SnapshotUpdate
 from services.profile.domain.segments import Condition, Segment
 from services.profile.pipeline import BundledEvent, ProfilePipeline
+from tests.factories import at, complaint, home_page_view, nps, order, product_view
 from tests.unit.fake_stores import MemoryStore, StoreFailingOn
-from tests.unit.test_profile_fold import at, complaint, nps, order, page_view, product_view
 
 NOW = at(5)
 SEGMENTS = [Segment("shoppers", "", all_of=(Condition("orders", ">=", 1),))]
@@ -48,7 +48,7 @@ def kinds(changes: Sequence[pb.ProfileChange]) -> list[str | None]:
 
 async def test_a_new_profile_publishes_its_first_stage_and_a_snapshot_to_record() -> None:
     store = MemoryStore()
-    outcome = await pipeline(store).apply(items("p-1", [page_view(0), product_view(1)]))
+    outcome = await pipeline(store).apply(items("p-1", [home_page_view(0), product_view(1)]))
 
     assert outcome.statuses == ["applied", "applied"]
     (stage,) = outcome.changes
@@ -69,7 +69,7 @@ async def test_a_new_profile_publishes_its_first_stage_and_a_snapshot_to_record(
 async def test_once_recorded_nothing_is_published_again_and_redeliveries_change_nothing() -> None:
     store = MemoryStore()
     p = pipeline(store)
-    first = [page_view(0), product_view(1)]
+    first = [home_page_view(0), product_view(1)]
     await store.publish((await p.apply(items("p-1", first))).updates)
 
     again = await p.apply(items("p-1", first))
@@ -84,7 +84,7 @@ async def test_changes_sent_but_not_recorded_are_sent_again_with_the_same_ids() 
     # redelivered batch is all duplicates, and the same changes go out again.
     store = MemoryStore()
     p = pipeline(store)
-    first = [page_view(0), product_view(1)]
+    first = [home_page_view(0), product_view(1)]
     sent = await p.apply(items("p-1", first))
 
     again = await p.apply(items("p-1", first))
@@ -98,7 +98,7 @@ async def test_changes_sent_but_not_recorded_are_sent_again_with_the_same_ids() 
 async def test_later_events_publish_what_changed_since_the_recorded_snapshot() -> None:
     store = MemoryStore()
     p = pipeline(store)
-    await store.publish((await p.apply(items("p-1", [page_view(0), product_view(1)]))).updates)
+    await store.publish((await p.apply(items("p-1", [home_page_view(0), product_view(1)]))).updates)
 
     outcome = await p.apply(items("p-1", [order(2, 100)]))
 
@@ -133,7 +133,7 @@ async def test_later_events_publish_what_changed_since_the_recorded_snapshot() -
 async def test_outbox_signals_are_published_once_and_then_trimmed() -> None:
     store = MemoryStore()
     p = pipeline(store)
-    await store.publish((await p.apply(items("p-1", [page_view(0)]))).updates)
+    await store.publish((await p.apply(items("p-1", [home_page_view(0)]))).updates)
     detractor, opened = nps(3, 2), complaint(4, "c-1", ev.Complaint.STATUS_OPENED)
 
     outcome = await p.apply(items("p-1", [detractor, opened]))
@@ -159,7 +159,7 @@ async def test_outbox_signals_are_published_once_and_then_trimmed() -> None:
     assert update.outbox_done == 2
     await store.publish(outcome.updates)
 
-    quiet = await p.apply(items("p-1", [page_view(4.5)]))
+    quiet = await p.apply(items("p-1", [home_page_view(4.5)]))
     assert quiet.statuses == ["applied"]
     assert quiet.changes == []
     assert quiet.updates == []
@@ -168,8 +168,8 @@ async def test_outbox_signals_are_published_once_and_then_trimmed() -> None:
 async def test_a_batch_of_several_profiles_skips_the_one_that_is_gone() -> None:
     store = MemoryStore(gone={"p-merged"})
     batch = [
-        *items("p-merged", [page_view(0, customer_id="old")]),
-        *items("p-1", [page_view(0, customer_id="one")]),
+        *items("p-merged", [home_page_view(0, customer_id="old")]),
+        *items("p-1", [home_page_view(0, customer_id="one")]),
         *items("p-2", [order(1, 20, customer_id="two")]),
     ]
 
@@ -188,6 +188,6 @@ async def test_a_batch_of_several_profiles_skips_the_one_that_is_gone() -> None:
 
 
 async def test_a_store_error_reaches_the_caller_which_isolates_it() -> None:
-    e = page_view(0)
+    e = home_page_view(0)
     with pytest.raises(redis.exceptions.ResponseError):
         await pipeline(StoreFailingOn(poison={e.event_id})).apply(items("p-1", [e]))

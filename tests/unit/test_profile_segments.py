@@ -19,14 +19,14 @@ from services.profile.domain.segments import (
     load_segments,
 )
 from services.profile.settings import ProfileSettings
-from tests.unit.test_profile_fold import (
+from tests.factories import (
     at,
     complaint,
     consent,
+    home_page_view,
     identify,
     nps,
     order,
-    page_view,
     payment_failed,
 )
 
@@ -293,4 +293,4 @@ def test_a_lapsed_unhappy_customer() -> None:
 
 
 def test_a_visitor_is_in_no_segment() -> None:
-    assert members([page_view(0)], now_day=1) == set()
+    assert members([home_page_view(0)], now_day=1) == set()

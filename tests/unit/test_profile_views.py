@@ -10,32 +10,15 @@ from cx.profile.v1 import profile_pb2 as pb
 
 from services.profile.adapters.layout import Lineage
 from services.profile.adapters.reader import LoadedProfile
-from services.profile.adapters.store import StoredProfile, state_to_redis
-from services.profile.domain.fold import fold
 from services.profile.domain.segments import Condition, Segment
 from services.profile.views import build_profile
-from tests.unit.test_profile_fold import DAY_MS, at, complaint, consent, identify, nps, order
+from tests.factories import DAY_MS, at, complaint, consent, identify, nps, order
+from tests.unit.fake_stores import stored
 
 SEGMENTS = [
     Segment("spenders", "", all_of=(Condition("revenue", ">=", 100),)),
     Segment("vips", "", all_of=(Condition("value_tier", "==", "vip"),)),
 ]
-
-
-def stored(events: list[ev.TouchpointEvent], profile_id: str = "p-1") -> StoredProfile:
-    """The structures the store would hold for these events (the reference fold)."""
-    state = fold(events, profile_id)
-    raw = state_to_redis(state)
-    return StoredProfile(
-        profile_id,
-        main=raw["main"],
-        ids={f"{t}:{value}" for t, value in state.identities},
-        traits=raw["traits"],
-        consent=raw["consent"],
-        complaints=raw["complaints"],
-        contacts={member: float(score) for member, score in raw["contacts"]},
-        touchpoints=raw["touchpoints"],
-    )
 
 
 def events() -> list[ev.TouchpointEvent]:
