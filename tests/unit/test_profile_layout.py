@@ -3,6 +3,7 @@ the Lua scripts get from it."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -55,6 +56,7 @@ from services.profile.adapters.layout import (
     state_to_redis,
     text_map,
 )
+from services.profile.domain import codec
 from services.profile.domain.state import Contact, Latest, ProfileState
 
 KEYS = Keys("cx:")
@@ -273,3 +275,16 @@ def test_scripts_spell_no_key_names_themselves(path: Path) -> None:
     names = {"p:", "id:", "seg:", "seen:", "erased:", "alias", "stats", "workers"}
     names |= {f":{sub}" for sub in SUBKEYS}
     assert literals & names == set()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(codec.__file__).parent.glob("*.py")), ids=lambda p: p.name
+)
+def test_the_domain_imports_no_adapter(path: Path) -> None:
+    """The values the domain writes are in domain/codec.py (the layout re-exports them),
+    so no module of the pure domain imports services.profile.adapters when it is loaded
+    (ProfileState.from_redis defers its import of the layout to the call)."""
+    body = ast.parse(path.read_text()).body
+    modules = {n.module or "" for n in body if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in body if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in modules if m.startswith("services.profile.adapters")]
