@@ -31,7 +31,7 @@ from services.common.touchpoint_publisher import (
 )
 from services.common.validation import normalise_and_validate
 from services.profile.adapters.erasure import ProfileEraser
-from services.profile.adapters.layout import identifier_member
+from services.profile.adapters.layout import Stat, decode_stats, identifier_member
 from services.profile.adapters.reader import LoadedProfile, ProfileReader
 from services.profile.adapters.split import ProfileSplitter, SplitConflict
 from services.profile.domain.segments import Segment
@@ -265,4 +265,22 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         deleted, suppressed = self.eraser.erase(pid)
         return pb.EraseProfileResponse(
             profile_id=pid, keys_deleted=deleted, identifiers_suppressed=suppressed
+        )
+
+    def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatsResponse:
+        stats = decode_stats(self.reader.client.hgetall(self.reader.keys.stats))
+        sizes = [
+            pb.SegmentSize(segment=s.name, members=self.reader.segment_members(s.name, 0, 1)[1])
+            for s in self.segments
+        ]
+        return pb.GetStatsResponse(
+            events_applied=stats.get(Stat.APPLIED, 0),
+            events_suppressed=stats.get(Stat.SUPPRESSED, 0),
+            events_blocked=stats.get(Stat.BLOCKED, 0),
+            profiles_created=stats.get(Stat.PROFILES_CREATED, 0),
+            profiles_merged=stats.get(Stat.MERGES, 0),
+            identifiers_stitched=stats.get(Stat.STITCHED, 0),
+            segments=sizes,
         )

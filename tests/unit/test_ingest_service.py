@@ -4,7 +4,6 @@ tests/integration/test_ingest.py."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -12,7 +11,6 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 
 from services.common.grpc_errors import ServiceError
-from services.common.touchpoint_publisher import BrokerUnavailable, Published
 from services.ingest.service import (
     MAX_VIOLATIONS_SHOWN,
     REJECTIONS,
@@ -20,40 +18,7 @@ from services.ingest.service import (
     field_label,
 )
 from tests.factories import page_view, survey
-
-
-class RecordingPublisher:
-    def __init__(self, fail_ids: frozenset[str] = frozenset()) -> None:
-        self.published: list[ev.TouchpointEvent] = []
-        self.fail_ids = fail_ids
-        self.timeouts: list[float | None] = []
-
-    def publish(
-        self, events: Sequence[ev.TouchpointEvent], timeout_s: float | None = None
-    ) -> list[Published]:
-        self.timeouts.append(timeout_s)
-        if any(event.event_id in self.fail_ids for event in events):
-            raise BrokerUnavailable("Kafka is unreachable")
-        out: list[Published] = []
-        for event in events:
-            self.published.append(event)
-            out.append(Published(partition=0, offset=len(self.published) - 1))
-        return out
-
-
-class FakeContext:
-    """Handlers raise a ServiceError (the interceptor answers it); they only ask the
-    context for the client's deadline."""
-
-    def __init__(self, time_remaining: float | None = None) -> None:
-        self._remaining = time_remaining
-
-    def time_remaining(self) -> float | None:
-        return self._remaining
-
-
-def ctx(time_remaining: float | None = None) -> grpc.ServicerContext:
-    return FakeContext(time_remaining)  # type: ignore[return-value]
+from tests.unit.fake_grpc import RecordingPublisher, ctx
 
 
 def test_track_publishes_a_normalised_event_with_received_at() -> None:

@@ -1015,6 +1015,88 @@ class EraseProfileResponse(_message.Message):
 Global___EraseProfileResponse: _TypeAlias = EraseProfileResponse  # noqa: Y015
 
 @_typing.final
+class GetStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class SegmentSize(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    members: _builtins.int
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentSize: _TypeAlias = SegmentSize  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_APPLIED_FIELD_NUMBER: _builtins.int
+    EVENTS_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    EVENTS_BLOCKED_FIELD_NUMBER: _builtins.int
+    PROFILES_CREATED_FIELD_NUMBER: _builtins.int
+    PROFILES_MERGED_FIELD_NUMBER: _builtins.int
+    IDENTIFIERS_STITCHED_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    events_applied: _builtins.int
+    """Events applied to a profile (an event id counts once)."""
+    events_suppressed: _builtins.int
+    """Events not applied because an identifier of theirs was erased."""
+    events_blocked: _builtins.int
+    """Events not applied because every identifier of theirs is blocked."""
+    profiles_created: _builtins.int
+    profiles_merged: _builtins.int
+    """Profiles merged into another by identity stitching."""
+    identifiers_stitched: _builtins.int
+    """Identifiers linked to a profile that already existed."""
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentSize]:
+        """Every defined segment, in definition order."""
+
+    def __init__(
+        self,
+        *,
+        events_applied: _builtins.int = ...,
+        events_suppressed: _builtins.int = ...,
+        events_blocked: _builtins.int = ...,
+        profiles_created: _builtins.int = ...,
+        profiles_merged: _builtins.int = ...,
+        identifiers_stitched: _builtins.int = ...,
+        segments: _abc.Iterable[Global___SegmentSize] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_applied", b"events_applied", "events_blocked", b"events_blocked", "events_suppressed", b"events_suppressed", "identifiers_stitched", b"identifiers_stitched", "profiles_created", b"profiles_created", "profiles_merged", b"profiles_merged", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
 class ProfileChange(_message.Message):
     """A compact change of a profile, published to `cx.profile-changes.v1` keyed by profile id."""
 

@@ -75,6 +75,11 @@ class ProfileServiceStub:
                 request_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileRequest.SerializeToString,
                 response_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/cx.profile.v1.ProfileService/GetStats',
+                request_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -140,6 +145,13 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Counters of the stream since the store was created, and the size of every segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +194,11 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.EraseProfile,
                     request_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileRequest.FromString,
                     response_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.FromString,
+                    response_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +418,33 @@ class ProfileService:
             '/cx.profile.v1.ProfileService/EraseProfile',
             cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileRequest.SerializeToString,
             cx_dot_profile_dot_v1_dot_profile__pb2.EraseProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cx.profile.v1.ProfileService/GetStats',
+            cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.SerializeToString,
+            cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class ProfileServiceStub:
     """Removes every key and identity link of a person (right to erasure) and suppresses
     re-creation from the same identifiers for a while.
     """
+    GetStats: _grpc.UnaryUnaryMultiCallable[_profile_pb2.GetStatsRequest, _profile_pb2.GetStatsResponse]
+    """Counters of the stream since the store was created, and the size of every segment."""
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -83,6 +85,8 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """Removes every key and identity link of a person (right to erasure) and suppresses
     re-creation from the same identifiers for a while.
     """
+    GetStats: _aio.UnaryUnaryMultiCallable[_profile_pb2.GetStatsRequest, _profile_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Counters of the stream since the store was created, and the size of every segment."""
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     """The unified customer view, kept in real time from the touchpoint stream."""
@@ -156,5 +160,13 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         """Removes every key and identity link of a person (right to erasure) and suppresses
         re-creation from the same identifiers for a while.
         """
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _profile_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.GetStatsResponse, _abc.Awaitable[_profile_pb2.GetStatsResponse]]:
+        """Counters of the stream since the store was created, and the size of every segment."""
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
