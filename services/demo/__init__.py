@@ -2,5 +2,7 @@
 
 - `journeys`: pure, seeded generation of TouchpointEvents (no network).
 - `run`: the command line, sending through IngestService.TrackBatch, progress, report.
-- `summary`: the report's plug-in sections (one per service), each failing gracefully.
+- `summary`: the closing summary's sections (one per service), each failing gracefully;
+  `sections` lists them, each reading its service through its public API
+  (`kafka_section`, `profile_section`).
 """

@@ -31,6 +31,7 @@ from services.common.experience import NEGATIVE_KINDS
 from services.common.grpc_client import traced_channel
 from services.common.settings import grpc_address
 from services.demo.journeys import DemoConfig, Journey, generate
+from services.demo.sections import build_sections
 from services.demo.summary import DemoRun, Summary
 from services.ingest.settings import IngestSettings
 
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{generation_seconds:.1f}s; sending to {args.target}",
         file=err,
     )
-    summary = Summary()
+    summary = Summary(build_sections())
     try:
         with connect(args.target) as channel:
             summary.before()

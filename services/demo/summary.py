@@ -1,36 +1,19 @@
-"""Plug-in sections of the demo's closing summary, one per service.
+"""The demo's closing summary: one section per service, each failing gracefully.
 
-A section has a title, an optional `before()` called before the first event is sent (to take
-a snapshot), and `lines(run)` called at the end. A section whose service is not reachable
-raises; the summary then prints `unavailable: <reason>` under its title and carries on.
-
-Adding a section for a service::
-
-    from services.demo.summary import DemoRun, section
-
-    @section("Profiles")
-    def profiles(run: DemoRun) -> list[str]:
-        ...  # query the profile service about run.customers
-
-and list the module in `SECTION_MODULES` below so the demo imports it. Sections that need a
-`before()` implement `SummarySection` and call `register(...)`.
+A section has a title, `before()` called before the first event is sent (to take a
+snapshot), and `lines(run)` called at the end. Either may raise: the summary then prints
+`unavailable: <reason>` under the section's title and carries on. Sections talk to their
+service through its public API only; `services/demo/sections.py` lists them.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from kafka import KafkaConsumer, TopicPartition
-
-from services.common.settings import kafka_settings
 from services.demo.journeys import Customer
-
-# Modules that register sections when imported (services add theirs here).
-SECTION_MODULES: tuple[str, ...] = ("services.profile.demo_section",)
 
 
 @dataclass(frozen=True)
@@ -55,7 +38,7 @@ class SectionUnavailable(Exception):
     """Raised by a section whose service cannot answer; the message is shown as is."""
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     text, name = str(exc).strip(), type(exc).__name__
     if isinstance(exc, SectionUnavailable) or text.startswith(name):
         return text or name
@@ -87,28 +70,10 @@ class FunctionSection:
         return self.render(run)
 
 
-_REGISTRY: list[SummarySection] = []
-
-
-def register(section: SummarySection) -> SummarySection:
-    _REGISTRY.append(section)
-    return section
-
-
-def section(
-    title: str,
-) -> Callable[[Callable[[DemoRun], list[str]]], Callable[[DemoRun], list[str]]]:
-    """Decorator: registers a function of the run as a section called `title`."""
-
-    def decorate(render: Callable[[DemoRun], list[str]]) -> Callable[[DemoRun], list[str]]:
-        register(FunctionSection(title, render))
-        return render
-
-    return decorate
-
-
 @dataclass(frozen=True)
-class _Unavailable:
+class UnavailableSection:
+    """Stands for a section that could not be built; shows why."""
+
     title: str
     reason: str
 
@@ -119,23 +84,11 @@ class _Unavailable:
         raise SectionUnavailable(self.reason)
 
 
-def registered() -> list[SummarySection]:
-    """Every registered section, after importing `SECTION_MODULES`; a module that fails to
-    import is shown as an unavailable section."""
-    broken: list[SummarySection] = []
-    for module in SECTION_MODULES:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            broken.append(_Unavailable(module, f"cannot import {module}: {_reason(exc)}"))
-    return [*_REGISTRY, *broken]
-
-
 class Summary:
     """Runs the sections' `before` and renders them, never raising on a section's failure."""
 
-    def __init__(self, sections: Sequence[SummarySection] | None = None) -> None:
-        self.sections = list(registered() if sections is None else sections)
+    def __init__(self, sections: Sequence[SummarySection]) -> None:
+        self.sections = list(sections)
         self._failed: dict[int, str] = {}
 
     def before(self) -> None:
@@ -143,7 +96,7 @@ class Summary:
             try:
                 s.before()
             except Exception as exc:
-                self._failed[i] = _reason(exc)
+                self._failed[i] = reason(exc)
 
     def render(self, run: DemoRun) -> list[str]:
         out: list[str] = []
@@ -155,67 +108,6 @@ class Summary:
                 try:
                     body = s.lines(run)
                 except Exception as exc:
-                    body = [f"unavailable: {_reason(exc)}"]
+                    body = [f"unavailable: {reason(exc)}"]
             out.extend(f"  {line}" for line in body)
         return out
-
-
-# --- Kafka: records on the touchpoint topic, before and after -------------------------------
-
-
-class KafkaTouchpoints:
-    """Number of records on the touchpoint topic (sum of end offsets), before and after."""
-
-    title = "Kafka"
-
-    def __init__(self, bootstrap: str | None = None, topic: str | None = None) -> None:
-        settings = kafka_settings()
-        self.bootstrap = bootstrap or settings.kafka_bootstrap_servers
-        self.topic = topic or settings.touchpoints_topic
-        self.start: int | None = None
-        self.start_error = ""
-
-    def count(self) -> int:
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=[s.strip() for s in self.bootstrap.split(",") if s.strip()],
-                client_id="cx-demo-summary",
-                bootstrap_timeout_ms=3000,
-                request_timeout_ms=5000,
-            )
-        except Exception as exc:
-            raise RuntimeError(
-                f"Kafka at {self.bootstrap} is not reachable ({_reason(exc)})"
-            ) from exc
-        try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                raise SectionUnavailable(f"topic {self.topic} does not exist on {self.bootstrap}")
-            offsets = consumer.end_offsets(
-                [TopicPartition(self.topic, p) for p in partitions], timeout_ms=5000
-            )
-            return sum(int(v) for v in offsets.values())
-        finally:
-            consumer.close()
-
-    def before(self) -> None:
-        # A failure here still lets the section show the count after the run.
-        try:
-            self.start = self.count()
-        except Exception as exc:
-            self.start_error = _reason(exc)
-
-    def lines(self, run: DemoRun) -> list[str]:
-        end = self.count()
-        if self.start is None:
-            before = f"unknown before ({self.start_error or 'not measured'})"
-            return [f"records on {self.topic}: {end:,} now, {before}"]
-        added = end - self.start
-        note = "" if added == run.accepted else " (other producers wrote too)"
-        return [
-            f"records on {self.topic}: {self.start:,} before, {end:,} after (+{added:,})",
-            f"ingestion accepted {run.accepted:,}{note}",
-        ]
-
-
-register(KafkaTouchpoints())

@@ -12,8 +12,11 @@ from services.common.experience import NEGATIVE_KINDS, NegativeExperience
 from services.common.validation import normalise_and_validate
 from services.demo import summary
 from services.demo.journeys import DemoConfig, Journey, generate
+from services.demo.kafka_section import KafkaTouchpoints
+from services.demo.profile_section import ProfileSection
 from services.demo.run import lanes
-from services.demo.summary import DemoRun, FunctionSection, Summary
+from services.demo.sections import build_sections
+from services.demo.summary import DemoRun, FunctionSection, Summary, SummarySection
 
 DETRACTOR, LOW_CSAT = NegativeExperience.DETRACTOR, NegativeExperience.LOW_CSAT
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -252,20 +255,26 @@ class _BrokenBefore:
         raise AssertionError("not called when before() failed")
 
 
-def test_a_failing_section_is_shown_as_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(summary, "_REGISTRY", [])
-    monkeypatch.setattr(summary, "SECTION_MODULES", ("services.demo.no_such_module",))
-
-    @summary.section("Profiles")
+def test_a_failing_section_is_shown_as_unavailable() -> None:
     def profiles(run: DemoRun) -> list[str]:
         raise summary.SectionUnavailable("profile service at 127.0.0.1:50052 is not reachable")
 
-    @summary.section("Works")
     def works(run: DemoRun) -> list[str]:
         return [f"accepted {run.accepted}"]
 
-    summary.register(_BrokenBefore())
-    report = Summary()
+    def not_built() -> SummarySection:
+        raise ModuleNotFoundError("No module named 'services.demo.no_such_module'")
+
+    report = Summary(
+        build_sections(
+            [
+                ("Profiles", lambda: FunctionSection("Profiles", profiles)),
+                ("Works", lambda: FunctionSection("Works", works)),
+                ("Alerts", _BrokenBefore),
+                ("Offers", not_built),
+            ]
+        )
+    )
     report.before()
     lines = report.render(_run())
     assert lines == [
@@ -275,16 +284,21 @@ def test_a_failing_section_is_shown_as_unavailable(monkeypatch: pytest.MonkeyPat
         "  accepted 9",
         "Alerts",
         "  unavailable: ConnectionRefusedError: alerts at 127.0.0.1:50054 refused the connection",
-        "services.demo.no_such_module",
-        "  unavailable: cannot import services.demo.no_such_module: "
+        "Offers",
+        "  unavailable: cannot be built: "
         "ModuleNotFoundError: No module named 'services.demo.no_such_module'",
     ]
 
 
-def test_the_kafka_section_is_registered_and_fails_gracefully() -> None:
-    kafka = next(s for s in summary.registered() if s.title == "Kafka")
-    assert isinstance(kafka, summary.KafkaTouchpoints)
-    offline = summary.KafkaTouchpoints(bootstrap="127.0.0.1:1", topic="cx.touchpoints.v1")
+def test_the_summary_lists_the_kafka_and_profile_sections_without_connecting() -> None:
+    sections = build_sections()
+    assert [s.title for s in sections] == ["Kafka", "Profiles"]
+    assert isinstance(sections[0], KafkaTouchpoints)
+    assert isinstance(sections[1], ProfileSection)
+
+
+def test_the_kafka_section_fails_gracefully() -> None:
+    offline = KafkaTouchpoints(bootstrap="127.0.0.1:1", topic="cx.touchpoints.v1")
     offline.count = _refuse  # type: ignore[method-assign]
     report = Summary([offline, FunctionSection("Next", lambda run: ["still rendered"])])
     report.before()
@@ -294,6 +308,15 @@ def test_the_kafka_section_is_registered_and_fails_gracefully() -> None:
         "Next",
         "  still rendered",
     ]
+
+
+def test_the_profile_section_says_when_the_profile_service_does_not_answer() -> None:
+    report = Summary([ProfileSection("127.0.0.1:1")])
+    report.before()
+    (title, line) = report.render(_run())
+    assert title == "Profiles"
+    assert line.startswith("  unavailable: the profile service at 127.0.0.1:1 did not answer: ")
+    assert "UNAVAILABLE" in line
 
 
 def _refuse() -> int:
