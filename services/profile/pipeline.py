@@ -147,7 +147,6 @@ class BundledEvent:
 class ResolveOutcome:
     forwards: list[Forward] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    suppressed: int = 0
 
 
 @dataclass
@@ -296,7 +295,6 @@ class ProfilePipeline:
                 MERGES.inc(len(result.merged))
             elif result.reason == "erased":
                 # Deliberate: the person asked to be erased; counted, not re-created.
-                outcome.suppressed += 1
                 RECORDS.labels("suppressed").inc()
             else:
                 error = InvalidRecord(
