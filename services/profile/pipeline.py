@@ -105,13 +105,12 @@ def read_bundle(value: bytes | None, key: bytes | None = None) -> list[tuple[str
 
     Raises InvalidRecord only when the record itself is not a bundle: the events are
     bytes, so a bundle parses whatever they hold, and each is decoded on its own.
-    Bundles have no key. A keyed record is one event keyed by its profile id, as workers
-    before the bundles wrote them: still applied, so an upgrade loses nothing in flight.
+    Bundles have no key, so a keyed record is not one.
     """
     if value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
     if key:
-        return [(key.decode(errors="replace"), value)]
+        raise InvalidRecord("a keyed record is not a bundle (bundles have no key)", "key")
     bundle = stream_pb2.ProfileEventBundle()
     try:
         bundle.ParseFromString(value)

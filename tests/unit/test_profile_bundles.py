@@ -117,12 +117,16 @@ def test_an_unreadable_event_is_dead_lettered_alone_with_its_own_bytes() -> None
     assert out.items[1].source.value == good[1].SerializeToString()
 
 
-def test_a_keyed_record_is_one_event_of_the_profile_in_its_key_as_before_bundles() -> None:
+def test_a_keyed_record_is_not_a_bundle_and_is_dead_lettered_whole() -> None:
+    # One event keyed by its profile id, as a worker before the bundles wrote them.
     event = page_view(anonymous_id="anon-legacy")
     record = SourceRecord("t", 0, 1, b"p_legacy", event.SerializeToString(), [])
 
     out = pipeline().unbundle([record])
-    assert [(i.profile_id, i.event) for i in out.items] == [("p_legacy", event)]
-    bad = pipeline().unbundle([SourceRecord("t", 0, 2, b"p_legacy", b"\xff\xff", [])])
-    assert bad.items == []
-    assert len(bad.dead_letters) == 1
+    assert out.items == []
+    (letter,) = out.dead_letters
+    assert (letter.key, letter.value) == (b"p_legacy", event.SerializeToString())
+    assert dict(letter.headers)[FIELD_HEADER] == b"key"
+    with pytest.raises(InvalidRecord) as caught:
+        read_bundle(record.value, record.key)
+    assert "not a bundle" in caught.value.reason
