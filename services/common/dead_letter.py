@@ -15,7 +15,6 @@ from typing import Protocol
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from google.protobuf.message import DecodeError
-from kafka import KafkaProducer
 
 from services.common.kafka_io import SCHEMA_HEADER, TOUCHPOINT_SCHEMA
 from services.common.telemetry import KafkaHeaders, header_value
@@ -153,18 +152,3 @@ class TouchpointDecoder:
             )
             self.dead_lettered += 1
             return None
-
-
-class KafkaDeadLetterSink:
-    """Sends dead letters with a kafka-python producer; `flush` before committing offsets."""
-
-    def __init__(self, producer: KafkaProducer) -> None:
-        self._producer = producer
-
-    def send(self, letter: DeadLetter) -> None:
-        self._producer.send(
-            letter.topic, key=letter.key, value=letter.value, headers=letter.headers
-        )
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self._producer.flush(timeout=timeout_s)

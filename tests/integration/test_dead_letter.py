@@ -1,8 +1,10 @@
-"""Records that are not TouchpointEvents go to the dead-letter topic with their reason."""
+"""Records that are not TouchpointEvents go to the dead-letter topic with their reason,
+the way the profile worker sends them (`ProfilePipeline.send_dead_letters`)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -12,8 +14,27 @@ from services.common.kafka_admin import ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.telemetry import header_value
 from services.common.topics import platform_topics
+from services.profile.pipeline import OutRecord, ProfilePipeline
 from tests.factories import page_view
 from tests.integration.conftest import end_offsets, read_record
+from tests.unit.fake_stores import StoreFailingOn
+
+
+class KafkaSender:
+    """A RecordSender on a kafka-python producer: returns once every record is acked."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+
+    async def send(self, records: Sequence[OutRecord]) -> None:
+        futures = [
+            self.producer.send(
+                r.topic, key=r.key, value=r.value, partition=r.partition, headers=r.headers
+            )
+            for r in records
+        ]
+        for future in futures:
+            future.get(timeout=10)
 
 
 def test_platform_topics_exist_and_creation_is_idempotent(kafka: KafkaSettings) -> None:
@@ -24,7 +45,7 @@ def test_platform_topics_exist_and_creation_is_idempotent(kafka: KafkaSettings) 
         )
 
 
-def test_foreign_records_are_dead_lettered_and_valid_ones_pass(kafka: KafkaSettings) -> None:
+async def test_foreign_records_are_dead_lettered_and_valid_ones_pass(kafka: KafkaSettings) -> None:
     bootstrap = kafka.kafka_bootstrap_servers
     partition = 5
     marker = f"foreign-{uuid.uuid4()}".encode()
@@ -58,23 +79,26 @@ def test_foreign_records_are_dead_lettered_and_valid_ones_pass(kafka: KafkaSetti
     consumer.close()
 
     dlq_before = end_offsets(bootstrap, kafka.touchpoints_dlq_topic)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    sink = dl.KafkaDeadLetterSink(producer)
-    decoder = dl.TouchpointDecoder(sink, dlq_topic=kafka.touchpoints_dlq_topic, consumer="tests")
-    decoded = [
-        decoder.decode(
+    pipeline = ProfilePipeline(
+        StoreFailingOn(poison=set()),  # type: ignore[arg-type]
+        [],
+        dlq_topic=kafka.touchpoints_dlq_topic,
+        consumer="tests",
+    )
+    outcome = await pipeline.resolve(
+        [
             dl.SourceRecord(
                 r.topic, r.partition, r.offset, r.key, r.value, list(r.headers), r.timestamp
             )
-        )
-        for r in records[:2]
-    ]
-    sink.flush()
+            for r in records[:2]
+        ]
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await pipeline.send_dead_letters(outcome.dead_letters, KafkaSender(producer))
     producer.close()
 
-    assert decoded[0] is None
-    assert decoded[1] is not None
-    assert decoded[1].event_id == valid.event_id
+    assert [f.event.event_id for f in outcome.forwards] == [valid.event_id]
+    assert len(outcome.dead_letters) == 1
     dlq_after = end_offsets(bootstrap, kafka.touchpoints_dlq_topic)
     grown = [p for p in dlq_after if dlq_after[p] > dlq_before.get(p, 0)]
     assert len(grown) == 1
