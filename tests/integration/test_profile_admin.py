@@ -7,12 +7,16 @@ from typing import cast
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.profile.adapters.layout import as_text
+from services.common.heartbeat import beat
+from services.common.settings import redis_settings
+from services.profile.adapters.layout import Keys, as_text
 from services.profile.adapters.reader import ProfileReader
+from services.profile.server import WORKER_HEALTH_NAME
 from services.profile.server import build_server as build_profile
 from services.profile.settings import ProfileSettings
 from tests.factories import recent_login, recent_nps, recent_order, recent_page
@@ -210,15 +214,35 @@ def test_health_reports_the_stream_worker(profile_harness: ProfileHarness) -> No
     )
 
 
-def test_health_reports_no_worker_when_none_beats(profile_harness: ProfileHarness) -> None:
-    reader = ProfileReader(profile_harness.redis, ProfileSettings(key_prefix="no-worker-here:"))
-    server = build_profile(reader, None, "127.0.0.1:0")
+async def test_worker_health_follows_the_heartbeats(profile_harness: ProfileHarness) -> None:
+    """NOT_SERVING with no worker, SERVING once one beats, NOT_SERVING again when its beat
+    expires: the check runs, and it reads what the workers write."""
+    settings = ProfileSettings(key_prefix=f"beats-{uuid.uuid4().hex[:8]}:")
+    server = build_profile(ProfileReader(profile_harness.redis, settings), None, "127.0.0.1:0")
     server.start()
+    beats = aioredis.Redis.from_url(redis_settings().redis_url)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="cx.profile.v1.ProfileWorker"), timeout=5
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def worker_status() -> int:
+                request = health_pb2.HealthCheckRequest(service=WORKER_HEALTH_NAME)
+                return int(health.Check(request, timeout=5).status)
+
+            assert worker_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            # One beat, alive for three beats of a second: longer than a check's period.
+            await beat(beats, Keys(settings.key_prefix).workers, every_s=1.0)
+            profile_harness.wait_for(
+                "the beat to be reported",
+                lambda: worker_status() == health_pb2.HealthCheckResponse.SERVING,
+                timeout_s=10,
             )
-        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            profile_harness.wait_for(
+                "the expired beat to be reported",
+                lambda: worker_status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                timeout_s=10,
+            )
     finally:
         server.stop(grace_s=0)
+        profile_harness.redis.delete(Keys(settings.key_prefix).workers)
+        await beats.aclose()
