@@ -345,6 +345,11 @@ def recent_login(minutes: float, **ids: str) -> ev.TouchpointEvent:
 
 
 EVENTS_PER_PERSON = 35
+# The surveys of person_events: metric and scale.
+SURVEY_SCALES = {
+    "nps": (ev.SurveyResponse.METRIC_NPS, 0, 10),
+    "csat": (ev.SurveyResponse.METRIC_CSAT, 1, 5),
+}
 
 
 def person_events(rng: random.Random, run: str, i: int) -> list[ev.TouchpointEvent]:
@@ -378,20 +383,11 @@ def person_events(rng: random.Random, run: str, i: int) -> list[ev.TouchpointEve
                         total=ev.Money(currency_code="EUR", units=rng.randint(5, 300)),
                     )
                 )
-            elif kind == "nps":
+            elif kind in SURVEY_SCALES:
+                metric, lowest, highest = SURVEY_SCALES[kind]
                 e.survey_response.CopyFrom(
                     ev.SurveyResponse(
-                        survey_id="nps",
-                        metric=ev.SurveyResponse.METRIC_NPS,
-                        score=rng.randint(0, 10),
-                    )
-                )
-            elif kind == "csat":
-                e.survey_response.CopyFrom(
-                    ev.SurveyResponse(
-                        survey_id="csat",
-                        metric=ev.SurveyResponse.METRIC_CSAT,
-                        score=rng.randint(1, 5),
+                        survey_id=kind, metric=metric, score=rng.randint(lowest, highest)
                     )
                 )
             elif kind == "contact":
