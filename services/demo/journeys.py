@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -208,6 +208,25 @@ DELIVERY_STEPS: dict[int, tuple[str, Channel, str]] = {
 
 def money(pence: int) -> ev.Money:
     return ev.Money(currency_code=CURRENCY, units=pence // 100, nanos=(pence % 100) * 10_000_000)
+
+
+def order_placed(
+    order_id: str, total: int, method: str, items: Sequence[tuple[Product, int]]
+) -> ev.OrderPlaced:
+    return ev.OrderPlaced(
+        order_id=order_id,
+        total=money(total),
+        payment_method=method,
+        items=[
+            ev.LineItem(
+                product_id=p.product_id,
+                category=p.category,
+                quantity=q,
+                unit_price=money(p.pence),
+            )
+            for p, q in items
+        ],
+    )
 
 
 def _plan_negative(rng: random.Random) -> tuple[Kind, ...]:
@@ -605,16 +624,21 @@ class _Story:
             self.tl.wait(10, 120)
             product, quantity = items.pop()
             self.cart(ids, channel, cart_id, ev.CartChange.ACTION_REMOVE, product, quantity)
+
+        def delivery_page() -> None:
+            page = "/checkout/delivery" if channel == WEB else "CheckoutDelivery"
+            self.tl.emit(
+                ids,
+                channel,
+                "checkout.delivery",
+                PURCHASE,
+                source,
+                "page_view",
+                ev.PageView(page=page),
+            )
+
         self.tl.wait(30, 300)
-        self.tl.emit(
-            ids,
-            channel,
-            "checkout.delivery",
-            PURCHASE,
-            source,
-            "page_view",
-            ev.PageView(page="/checkout/delivery" if channel == WEB else "CheckoutDelivery"),
-        )
+        delivery_page()
         pence = sum(p.pence * q for p, q in items)
         discount = pence // 10 if self.rng.random() < 0.2 else 0
         total = pence - discount
@@ -643,32 +667,11 @@ class _Story:
                 )
             if self.rng.random() < 0.3:  # gives up, comes back later
                 self.tl.wait(4 * HOUR, 2 * DAY)
-                self.tl.emit(
-                    ids,
-                    channel,
-                    "checkout.delivery",
-                    PURCHASE,
-                    source,
-                    "page_view",
-                    ev.PageView(page="/checkout/delivery" if channel == WEB else "Checkout"),
-                )
+                delivery_page()
             method = self.rng.choice([m for m in PAYMENT_METHODS if m != method])
         self.tl.wait(20, 120)
         promised = self.tl.t + self.rng.uniform(3 * DAY, 5 * DAY)
-        placed = ev.OrderPlaced(
-            order_id=order_id,
-            total=money(total),
-            payment_method=method,
-            items=[
-                ev.LineItem(
-                    product_id=p.product_id,
-                    category=p.category,
-                    quantity=q,
-                    unit_price=money(p.pence),
-                )
-                for p, q in items
-            ],
-        )
+        placed = order_placed(order_id, total, method, items)
         if discount:
             placed.discount.CopyFrom(money(discount))
         event = self.tl.emit(
@@ -1012,20 +1015,7 @@ class _Story:
             PURCHASE,
             "pos",
             "order_placed",
-            ev.OrderPlaced(
-                order_id=self.tl.ref("pos"),
-                total=money(total),
-                payment_method="card",
-                items=[
-                    ev.LineItem(
-                        product_id=p.product_id,
-                        category=p.category,
-                        quantity=q,
-                        unit_price=money(p.pence),
-                    )
-                    for p, q in items
-                ],
-            ),
+            order_placed(self.tl.ref("pos"), total, "card", items),
         )
 
     def store_return(self, order: _Order) -> None:

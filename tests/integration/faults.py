@@ -36,11 +36,10 @@ from services.common.kafka_io import (
 from services.common.settings import KafkaSettings
 from services.common.telemetry import KafkaHeaders, header_value
 from services.profile.domain.fold import differences, fold
-from tests.integration.profile_harness import ProfileHarness
-from tests.integration.test_profile_flow import aggregates
-from tests.integration.test_profile_recovery import EVENTS_PER_PERSON, person_events
+from tests.factories import EVENTS_PER_PERSON, person_events
+from tests.integration.profile_harness import ProfileHarness, aggregates
+from tests.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "deploy" / "local" / "stack.sh"
 
 

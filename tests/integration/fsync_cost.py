@@ -48,10 +48,11 @@ from services.common.validation import partition_key
 from services.demo.journeys import DemoConfig, generate
 from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
-from services.profile.isolation import IsolatedPipeline
 from services.profile.pipeline import OutRecord, ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
-from tests.integration.faults import REPO_ROOT, STACK, free_port
+from tests.integration.faults import STACK, free_port
+from tests.paths import REPO_ROOT
+from tests.support.isolation import IsolatedPipeline
 
 PARTITIONS = 8
 BUNDLES_PER_APPLY = 8

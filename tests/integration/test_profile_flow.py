@@ -22,10 +22,9 @@ from tests.factories import (
     recent_order,
     recent_page,
 )
-from tests.integration.profile_harness import ANON, CUSTOMER, EMAIL, ProfileHarness
 
 # Re-exported for tests/integration/faults.py until it imports the harness's.
-from tests.integration.profile_harness import aggregates as aggregates
+from tests.integration.profile_harness import ANON, CUSTOMER, EMAIL, ProfileHarness, aggregates
 
 
 def test_journey_across_channels_builds_one_profile_with_metrics_segments_and_changes(

@@ -16,8 +16,7 @@ from kafka.admin import KafkaAdminClient, OffsetSpec
 from services.profile.domain.fold import differences, fold
 
 # Re-exported for tests/integration/faults.py until it imports them from tests.factories.
-from tests.factories import EVENTS_PER_PERSON as EVENTS_PER_PERSON
-from tests.factories import person_events as person_events
+from tests.factories import EVENTS_PER_PERSON, person_events
 from tests.integration.profile_harness import ProfileHarness, aggregates
 
 PEOPLE = 300
