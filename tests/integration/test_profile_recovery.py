@@ -9,13 +9,12 @@ import threading
 import time
 import uuid
 
+import pytest
 from cx.profile.v1 import profile_pb2 as pb
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 
 from services.profile.domain.fold import differences, fold
-
-# Re-exported for tests/integration/faults.py until it imports them from tests.factories.
 from tests.factories import EVENTS_PER_PERSON, person_events
 from tests.integration.profile_harness import ProfileHarness, aggregates
 
@@ -56,6 +55,9 @@ def wait_until_committed(h: ProfileHarness) -> None:
         admin.close()
 
 
+# The larger twin of test_faults.py's SIGKILL test (10,500 events from 300 people, with
+# merges): in the slow suite, `make chaos`, as the fast suite already covers the fault.
+@pytest.mark.chaos
 def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     profile_harness: ProfileHarness,
 ) -> None:
