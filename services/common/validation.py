@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
@@ -413,27 +413,75 @@ _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 _CHECKED = {_STRING, _MESSAGE, FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
 
 
-def _check_bounds(c: _Checker, message: Message, prefix: str, limits: Limits) -> None:
+_SPECIAL = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+}
+_FLOATING = {FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT}
+_WALKS: dict[tuple[str, bool], bool] = {}
+
+
+def _needs_walk(descriptor: Descriptor, strings: bool) -> bool:
+    """Whether a message of this type can hold anything `_check_bounds` must look at.
+
+    Types of only bounded scalars (and, when `strings` is False, strings) are skipped:
+    the walk runs for every event, and most of its sub-messages are such types.
+    """
+    key = (descriptor.full_name, strings)
+    if key not in _WALKS:
+        _WALKS[key] = False  # a recursive type is decided by its other fields
+        _WALKS[key] = any(
+            fd.is_repeated
+            or fd.type in _FLOATING
+            or (strings and fd.type == _STRING)
+            or _walks_into(fd, strings)
+            for fd in descriptor.fields
+        )
+    return _WALKS[key]
+
+
+def _walks_into(fd: FieldDescriptor, strings: bool) -> bool:
+    """Whether a message field's value can hold anything to check."""
+    sub = fd.message_type
+    if fd.type != _MESSAGE or sub is None:
+        return False
+    return sub.full_name in _SPECIAL or _needs_walk(sub, strings)
+
+
+def _check_bounds(
+    c: _Checker, message: Message, prefix: str, limits: Limits, strings: bool = True
+) -> None:
     """Bounds every set field of a message, recursively, whatever its type.
 
     Typed checks that follow may assume what this guarantees: timestamps and durations
     convert, structs are shallow, numbers are finite, strings and lists are bounded.
+    `strings` False skips string lengths: the caller knows the whole message is shorter
+    than the limit (a string has at most as many characters as its UTF-8 bytes).
     Field paths are only built for violations: this runs for every event.
     """
     for fd, value in message.ListFields():
         kind = fd.type
+        if kind == _STRING and not strings:
+            if fd.is_repeated and len(value) > limits.max_list_len:
+                c.add(prefix + fd.name, f"has {len(value)} items, more than {limits.max_list_len}")
+            continue
+        if kind == _MESSAGE and not fd.is_repeated and not _walks_into(fd, strings):
+            continue
         if fd.is_repeated:
             if len(value) > limits.max_list_len:
                 c.add(prefix + fd.name, f"has {len(value)} items, more than {limits.max_list_len}")
             elif kind in _CHECKED:
                 for i, item in enumerate(value):
-                    _check_bounds_one(c, kind, prefix, f"{fd.name}[{i}]", item, limits)
+                    _check_bounds_one(c, kind, prefix, f"{fd.name}[{i}]", item, limits, strings)
         elif kind in _CHECKED:
-            _check_bounds_one(c, kind, prefix, fd.name, value, limits)
+            _check_bounds_one(c, kind, prefix, fd.name, value, limits, strings)
 
 
 def _check_bounds_one(
-    c: _Checker, kind: int, prefix: str, name: str, value: Any, limits: Limits
+    c: _Checker, kind: int, prefix: str, name: str, value: Any, limits: Limits, strings: bool
 ) -> None:
     if kind == _STRING:
         if len(value) > limits.max_string_len:
@@ -454,7 +502,8 @@ def _check_bounds_one(
         elif isinstance(value, struct_pb2.ListValue):
             _check_struct_value(c, prefix + name, struct_pb2.Value(list_value=value), 0, limits)
         else:
-            _check_bounds(c, value, f"{prefix}{name}.", limits)
+            if _needs_walk(value.DESCRIPTOR, strings):
+                _check_bounds(c, value, f"{prefix}{name}.", limits, strings)
     elif not _finite(value):
         c.add(prefix + name, "is not a finite number")
 
@@ -476,7 +525,7 @@ def normalise_and_validate(
         if size > limits.max_event_bytes:
             c.add("event", f"is {size} bytes, more than {limits.max_event_bytes}")
             return c.violations
-        _check_bounds(c, event, "", limits)
+        _check_bounds(c, event, "", limits, strings=size > limits.max_string_len)
         if c.violations:
             # The typed checks below assume these bounds hold.
             return c.violations

@@ -35,7 +35,7 @@ from services.common.dead_letter import (
     decode_touchpoint,
     record_time,
 )
-from services.common.telemetry import KafkaHeaders
+from services.common.telemetry import KafkaHeaders, header_value, inject_kafka_headers
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
 from services.profile.domain.changes import compute_changes
 from services.profile.domain.derive import derive
@@ -119,11 +119,27 @@ def read_bundle(value: bytes | None, key: bytes | None = None) -> list[tuple[str
     return [(item.profile_id, item.event) for item in bundle.events]
 
 
-def decode_bundled(profile_id: str, raw: bytes, when: datetime | None = None) -> ev.TouchpointEvent:
-    """One event of a bundle, judged by the same validator as every consumer's input:
-    a bundle is a record like any other, whoever wrote it. InvalidRecord if not valid."""
+# Set by identity resolution on the bundles it writes: their events passed the validator
+# there. A bundle without it (another writer on the topic) is judged again, event by event.
+VALIDATED_HEADER = "cx-validated"
+
+
+def decode_bundled(
+    profile_id: str, raw: bytes, when: datetime | None = None, *, validated: bool = False
+) -> ev.TouchpointEvent:
+    """One event of a bundle; InvalidRecord if it cannot be read or, unless a worker's
+    resolution stage already `validated` it, if the shared validator refuses it."""
     if not profile_id:
         raise InvalidRecord("profile id is empty", "profile_id")
+    if validated:
+        event = ev.TouchpointEvent()
+        try:
+            event.ParseFromString(raw)
+        except (DecodeError, ValueError, RecursionError) as exc:
+            raise InvalidRecord(f"not a protobuf TouchpointEvent: {exc}", "event") from exc
+        if not event.event_id:
+            raise InvalidRecord("is required", "event.event_id")
+        return event
     try:
         return decode_touchpoint(raw, record_time=when)
     except InvalidRecord as error:
@@ -137,9 +153,15 @@ class BundledEvent:
 
     profile_id: str
     event: ev.TouchpointEvent
-    # The bundle's position, with this event's bytes as the value: a dead letter of one
-    # event keeps that event's original bytes, not the whole bundle.
-    source: SourceRecord
+    bundle: SourceRecord
+    raw: bytes
+
+    @property
+    def source(self) -> SourceRecord:
+        """The bundle's position with this event's bytes as the value: a dead letter of
+        one event keeps that event's original bytes, not the whole bundle (built only
+        when needed: this is per event)."""
+        return replace(self.bundle, key=self.profile_id.encode(), value=self.raw)
 
 
 @dataclass
@@ -216,8 +238,9 @@ class ProfilePipeline:
 
         async def resolve_and_forward(batch: Sequence[SourceRecord]) -> None:
             outcome = await retry_infrastructure("identity resolution", lambda: self.resolve(batch))
+            headers = inject_kafka_headers([(VALIDATED_HEADER, b"1")])
             bundles = [
-                OutRecord(self.events_topic, bundle, partition=partition)
+                OutRecord(self.events_topic, bundle, partition=partition, headers=headers)
                 for partition, bundle in bundle_forwards(outcome.forwards, self.partition_of)
             ]
             await retry_infrastructure("forward", lambda: sender.send(bundles))
@@ -314,15 +337,17 @@ class ProfilePipeline:
             except InvalidRecord as error:
                 out.dead_letters.append(self._dead_letter(record, error))
                 continue
+            validated = header_value(record.headers, VALIDATED_HEADER) == "1"
+            when = record_time(record.timestamp_ms)
             for i, (profile_id, raw) in enumerate(pairs):
-                source = replace(record, key=profile_id.encode(), value=raw)
                 try:
-                    event = decode_bundled(profile_id, raw, record_time(record.timestamp_ms))
+                    event = decode_bundled(profile_id, raw, when, validated=validated)
                 except InvalidRecord as error:
                     located = InvalidRecord(error.reason, f"events[{i}].{error.field}")
+                    source = replace(record, key=profile_id.encode(), value=raw)
                     out.dead_letters.append(self._dead_letter(source, located))
                     continue
-                out.items.append(BundledEvent(profile_id, event, source))
+                out.items.append(BundledEvent(profile_id, event, record, raw))
         return out
 
     def dead_letter_failed(self, record: SourceRecord, exc: Exception) -> DeadLetter:

@@ -34,9 +34,7 @@ def pipeline(store: MemoryStore | StoreFailingOn) -> ProfilePipeline:
 def items(profile_id: str, events: Sequence[ev.TouchpointEvent]) -> list[BundledEvent]:
     return [
         BundledEvent(
-            profile_id,
-            e,
-            SourceRecord("events", 0, i, profile_id.encode(), e.SerializeToString(), []),
+            profile_id, e, SourceRecord("events", 0, i, None, b"", []), e.SerializeToString()
         )
         for i, e in enumerate(events)
     ]
