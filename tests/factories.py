@@ -410,3 +410,14 @@ def person_events(rng: random.Random, run: str, i: int) -> list[ev.TouchpointEve
                 e.page_view.page = "/account"
         out.append(e)
     return out
+
+
+def nested_struct(depth: int) -> dict[str, Any]:
+    """A struct (for `properties`) nested `depth` levels deep."""
+    root: dict[str, Any] = {}
+    current = root
+    for _ in range(depth - 1):
+        current["k"] = {}
+        current = current["k"]
+    current["leaf"] = 1
+    return root

@@ -8,7 +8,6 @@ by ingest with the field named, or dead-lettered alone with its reason.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2
@@ -19,19 +18,8 @@ from services.common import dead_letter as dl
 from services.common.kafka_io import touchpoint_headers
 from services.common.telemetry import header_value
 from services.common.validation import partition_key
-from tests.factories import page_view
+from tests.factories import nested_struct, page_view
 from tests.integration.profile_harness import ProfileHarness
-
-
-def nested(depth: int) -> dict[str, Any]:
-    """A properties struct nested `depth` levels deep."""
-    root: dict[str, Any] = {}
-    current = root
-    for _ in range(depth - 1):
-        current["k"] = {}
-        current = current["k"]
-    current["leaf"] = 1
-    return root
 
 
 def people_events(run: str, people: int, each: int) -> list[ev.TouchpointEvent]:
@@ -78,7 +66,7 @@ def test_a_deeply_nested_event_is_refused_alone_and_the_others_are_applied(
     run = f"deep{uuid.uuid4().hex[:6]}"
     valid = people_events(run, 30, 10)
     deep = page_view(customer_id=f"{run}-c0")
-    deep.properties.update(nested(32))
+    deep.properties.update(nested_struct(32))
 
     reply = h.ingest.TrackBatch(
         ingest_pb2.TrackBatchRequest(events=[*valid[:150], deep, *valid[150:]]), timeout=60

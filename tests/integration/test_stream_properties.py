@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -31,7 +30,7 @@ from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
 from services.profile.pipeline import OutRecord, ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
-from tests.factories import page_view, survey
+from tests.factories import nested_struct, page_view, survey
 
 TOUCHPOINTS, EVENTS, CHANGES, DLQ = "p.touchpoints", "p.events", "p.changes", "p.dlq"
 OCCURRED_AT = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -52,16 +51,6 @@ def base_events(run: str, n: int) -> list[ev.TouchpointEvent]:
         e.occurred_at.FromDatetime(OCCURRED_AT + timedelta(minutes=i))
         out.append(e)
     return out
-
-
-def deep(depth: int) -> dict[str, Any]:
-    root: dict[str, Any] = {}
-    current = root
-    for _ in range(depth - 1):
-        current["k"] = {}
-        current = current["k"]
-    current["v"] = 1
-    return root
 
 
 @st.composite
@@ -93,7 +82,7 @@ def mutated(draw: st.DrawFn, event: ev.TouchpointEvent) -> bytes:
         elif change == "seconds":
             e.occurred_at.seconds = draw(INT64)
         elif change == "deep":
-            e.properties.update(deep(draw(st.integers(1, 45))))
+            e.properties.update(nested_struct(draw(st.integers(1, 45))))
         elif change == "nan":
             e.properties.update({"x": draw(st.sampled_from([float("nan"), float("inf")]))})
         elif change == "string":
