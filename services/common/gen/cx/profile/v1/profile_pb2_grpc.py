@@ -80,6 +80,11 @@ class ProfileServiceStub:
                 request_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.GetFeatures = channel.unary_unary(
+                '/cx.profile.v1.ProfileService/GetFeatures',
+                request_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesRequest.SerializeToString,
+                response_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileServiceServicer:
@@ -152,6 +157,15 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFeatures(self, request, context):
+        """The flat fields that segment conditions, offer eligibility and alert rules test
+        (docs/profile-metrics.md, "Fields"), derived now: the cheap read for decisions.
+        NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +213,11 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.FromString,
                     response_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeatures,
+                    request_deserializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesRequest.FromString,
+                    response_serializer=cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +464,33 @@ class ProfileService:
             '/cx.profile.v1.ProfileService/GetStats',
             cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsRequest.SerializeToString,
             cx_dot_profile_dot_v1_dot_profile__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cx.profile.v1.ProfileService/GetFeatures',
+            cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesRequest.SerializeToString,
+            cx_dot_profile_dot_v1_dot_profile__pb2.GetFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

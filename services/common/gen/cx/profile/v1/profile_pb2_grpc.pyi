@@ -57,6 +57,11 @@ class ProfileServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_profile_pb2.GetStatsRequest, _profile_pb2.GetStatsResponse]
     """Counters of the stream since the store was created, and the size of every segment."""
+    GetFeatures: _grpc.UnaryUnaryMultiCallable[_profile_pb2.GetFeaturesRequest, _profile_pb2.GetFeaturesResponse]
+    """The flat fields that segment conditions, offer eligibility and alert rules test
+    (docs/profile-metrics.md, "Fields"), derived now: the cheap read for decisions.
+    NOT_FOUND when unknown.
+    """
 
 @_typing.type_check_only
 class ProfileServiceAsyncStub(ProfileServiceStub):
@@ -87,6 +92,11 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_profile_pb2.GetStatsRequest, _profile_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters of the stream since the store was created, and the size of every segment."""
+    GetFeatures: _aio.UnaryUnaryMultiCallable[_profile_pb2.GetFeaturesRequest, _profile_pb2.GetFeaturesResponse]  # type: ignore[assignment]
+    """The flat fields that segment conditions, offer eligibility and alert rules test
+    (docs/profile-metrics.md, "Fields"), derived now: the cheap read for decisions.
+    NOT_FOUND when unknown.
+    """
 
 class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
     """The unified customer view, kept in real time from the touchpoint stream."""
@@ -168,5 +178,16 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_profile_pb2.GetStatsResponse, _abc.Awaitable[_profile_pb2.GetStatsResponse]]:
         """Counters of the stream since the store was created, and the size of every segment."""
+
+    @_abc_1.abstractmethod
+    def GetFeatures(
+        self,
+        request: _profile_pb2.GetFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.GetFeaturesResponse, _abc.Awaitable[_profile_pb2.GetFeaturesResponse]]:
+        """The flat fields that segment conditions, offer eligibility and alert rules test
+        (docs/profile-metrics.md, "Fields"), derived now: the cheap read for decisions.
+        NOT_FOUND when unknown.
+        """
 
 def add_ProfileServiceServicer_to_server(servicer: ProfileServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
