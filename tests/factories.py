@@ -117,6 +117,16 @@ def delivery_failed(day: float, order_id: str = "o-1") -> ev.TouchpointEvent:
     )
 
 
+def delivery_status(
+    day: float, status: ev.DeliveryUpdate.Status.ValueType, order_id: str = "o-1"
+) -> ev.TouchpointEvent:
+    """Any delivery update without a promised time (delivered: at `day`)."""
+    update = ev.DeliveryUpdate(order_id=order_id, status=status)
+    if status == ev.DeliveryUpdate.STATUS_DELIVERED:
+        update.actual_at.FromMilliseconds(at(day))
+    return event(day, delivery_update=update)
+
+
 def _survey(
     day: float, metric: ev.SurveyResponse.Metric.ValueType, score: int
 ) -> ev.TouchpointEvent:

@@ -19,7 +19,7 @@ from services.profile.domain.derive import (
     value_tier,
 )
 from services.profile.domain.fold import fold
-from services.profile.domain.segments import evaluate, load_segments
+from services.profile.domain.segments import evaluate, load_segments, parse_segments
 from services.profile.domain.state import ProfileState
 from tests.factories import (
     at,
@@ -31,6 +31,7 @@ from tests.factories import (
     csat,
     delivered,
     delivery_failed,
+    delivery_status,
     engagement,
     home_page_view,
     identify,
@@ -491,3 +492,115 @@ def test_a_complaint_resolved_in_the_same_millisecond_as_an_update_is_closed() -
     ]
     for ordered in (events, events[::-1]):
         assert derive(fold(ordered), 1_800_000_100_000).cx.open_complaints == 0
+
+
+# --- open problems and survey recency ---------------------------------------------------
+
+
+def test_days_since_nps_is_from_the_latest_answer_by_event_time() -> None:
+    assert derived([order(0, 10)], now_day=5).cx.days_since_nps is None
+    # The older answer arrives last: the latest by event time still counts.
+    d = derived([nps(10, 9), nps(4, 2)], now_day=12.5)
+    assert d.cx.nps_last == 9
+    assert d.cx.days_since_nps == pytest.approx(2.5)
+    assert d.fields()["days_since_nps"] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    ("events", "is_open"),
+    [
+        ([order(0, 10)], False),
+        ([payment_failed(1)], True),
+        ([order(0, 10), payment_failed(1)], True),
+        ([payment_failed(1), order(2, 10)], False),
+        # Arrival order does not matter, only event times.
+        ([order(2, 10), payment_failed(1)], False),
+        ([payment_failed(1), order(2, 10), payment_failed(3)], True),
+    ],
+)
+def test_a_payment_failure_is_open_until_an_order_is_placed_after_it(
+    events: list[ev.TouchpointEvent], is_open: bool
+) -> None:
+    d = derived(events, now_day=60)
+    assert d.commerce.payment_failure_open is is_open
+    assert d.fields()["payment_failure_open"] is is_open
+
+
+def test_a_payment_failure_and_an_order_in_the_same_millisecond_is_closed() -> None:
+    failure, placed = payment_failed(1), order(1, 10)
+    assert failure.occurred_at == placed.occurred_at
+    assert derived([failure, placed], now_day=2).commerce.payment_failure_open is False
+
+
+DELIVERED = ev.DeliveryUpdate.STATUS_DELIVERED
+RETURNED_TO_SENDER = ev.DeliveryUpdate.STATUS_RETURNED_TO_SENDER
+OUT_FOR_DELIVERY = ev.DeliveryUpdate.STATUS_OUT_FOR_DELIVERY
+
+
+@pytest.mark.parametrize(
+    ("events", "is_open", "days_since"),
+    [
+        ([order(0, 10)], False, None),
+        ([delivered(2)], False, None),
+        ([delivered(2, late=True)], True, 8.0),
+        ([delivery_failed(3)], True, 7.0),
+        ([delivery_status(4, RETURNED_TO_SENDER)], True, 6.0),
+        # A later on-time delivery closes it; an update that is not a delivery does not.
+        ([delivered(2, late=True), delivered(5, order_id="o-2")], False, 8.0),
+        ([delivery_failed(3), delivery_status(6, OUT_FOR_DELIVERY)], True, 7.0),
+        # Delivered without a promise is never late: on time.
+        ([delivery_failed(3), delivery_status(4, DELIVERED)], False, 7.0),
+        # The latest problem counts, whatever the arrival order.
+        ([delivered(5, order_id="o-2"), delivery_failed(6), delivered(2, late=True)], True, 4.0),
+    ],
+)
+def test_a_delivery_problem_is_open_until_a_later_delivery_arrives_on_time(
+    events: list[ev.TouchpointEvent], is_open: bool, days_since: float | None
+) -> None:
+    d = derived(events, now_day=10)
+    c = d.commerce
+    assert c.delivery_problem_open is is_open
+    if days_since is None:
+        assert c.days_since_delivery_problem is None
+        assert c.last_delivery_problem_at_ms is None
+    else:
+        assert c.days_since_delivery_problem == pytest.approx(days_since)
+        assert c.last_delivery_problem_at_ms == at(10 - days_since)
+    f = d.fields()
+    assert f["delivery_problem_open"] is is_open
+    assert f["days_since_delivery_problem"] == c.days_since_delivery_problem
+
+
+def test_delivery_outcomes_are_kept_as_two_maxima() -> None:
+    state = fold([delivered(1), delivered(2, late=True), delivery_failed(3), delivered(4)])
+    assert state.maxima["last_delivery_problem_at"] == at(3)
+    assert state.maxima["last_delivery_ok_at"] == at(4)
+
+
+def test_the_new_fields_are_field_names_segments_may_test() -> None:
+    new = {
+        "days_since_nps",
+        "payment_failure_open",
+        "delivery_problem_open",
+        "days_since_delivery_problem",
+    }
+    assert new <= field_names()
+    empty = derive(ProfileState("-"), at(0)).fields()
+    assert (empty["payment_failure_open"], empty["delivery_problem_open"]) == (False, False)
+    assert (empty["days_since_nps"], empty["days_since_delivery_problem"]) == (None, None)
+    segments = parse_segments(
+        {
+            "segment": [
+                {
+                    "name": "delivery_trouble",
+                    "all": [
+                        {"field": "delivery_problem_open", "op": "==", "value": True},
+                        {"field": "days_since_delivery_problem", "op": "<=", "value": 7},
+                    ],
+                }
+            ]
+        }
+    )
+    assert evaluate(segments, derived([delivery_failed(3)], now_day=5).fields()) == {
+        "delivery_trouble"
+    }

@@ -138,6 +138,13 @@ class Commerce:
     last_payment_failure_at_ms: int | None
     days_since_first_order: float | None
     days_since_last_payment_failure: float | None
+    # A payment failed and no order was placed after it.
+    payment_failure_open: bool
+    # The latest late or failed delivery, and whether it is later than the latest
+    # delivery that arrived on time.
+    last_delivery_problem_at_ms: int | None
+    days_since_delivery_problem: float | None
+    delivery_problem_open: bool
     recency_days: int | None
     frequency: int
     monetary: float
@@ -155,6 +162,7 @@ class CxMetrics:
     nps_count: int
     nps_last: int | None
     nps_category: str | None
+    days_since_nps: float | None
     ces_count: int
     ces_last: float | None
     ces_average: float | None
@@ -238,6 +246,11 @@ def _days_since(now_ms: int, ts_ms: int | None) -> float | None:
     return None if ts_ms is None else max(0.0, (now_ms - ts_ms) / DAY_MS)
 
 
+def _later(ts_ms: int | None, than_ms: int | None) -> bool:
+    """True when `ts_ms` happened and `than_ms` did not, or happened strictly before."""
+    return ts_ms is not None and (than_ms is None or ts_ms > than_ms)
+
+
 def _ms(value: float | None) -> int | None:
     return None if value is None else int(value)
 
@@ -319,6 +332,7 @@ def _score_at_least(value: float, edges: tuple[float, ...]) -> int:
 def _cx(state: ProfileState, now_ms: int, config: DeriveConfig) -> CxMetrics:
     csat_count = state.count("csat.count")
     nps = state.latest_number("nps")
+    nps_answer = state.latest.get("nps")
     ces_count = state.count("ces.count")
     reviews = state.count("reviews")
     contacts = _contacts(state)
@@ -339,6 +353,7 @@ def _cx(state: ProfileState, now_ms: int, config: DeriveConfig) -> CxMetrics:
         nps_count=state.count("nps.count"),
         nps_last=None if nps is None else int(nps),
         nps_category=nps_category(None if nps is None else int(nps)),
+        days_since_nps=_days_since(now_ms, nps_answer.ts_ms if nps_answer else None),
         ces_count=ces_count,
         ces_last=state.latest_number("ces"),
         ces_average=_ratio(state.sum("ces.sum"), ces_count),
@@ -484,9 +499,9 @@ def _stage(
         return "support", "unresolved_contact"
     failure = commerce.last_payment_failure_at_ms
     if (
-        failure is not None
+        commerce.payment_failure_open
+        and failure is not None
         and now_ms - failure <= config.checkout_days * DAY_MS
-        and (commerce.last_order_at_ms is None or failure > commerce.last_order_at_ms)
     ):
         return "purchase", "payment_failed_since_last_order"
     if commerce.orders == 0:
@@ -523,6 +538,8 @@ def derive(state: ProfileState, now_ms: int, config: DeriveConfig = DEFAULT_CONF
     days_since_first_order = _days_since(now_ms, first_order)
     days_since_last_order = _days_since(now_ms, last_order)
     days_since_failure = _days_since(now_ms, last_failure)
+    last_problem = _ms(state.maxima.get("last_delivery_problem_at"))
+    last_ok = _ms(state.maxima.get("last_delivery_ok_at"))
     deliveries = (
         state.count("deliveries"),
         state.count("late_deliveries"),
@@ -572,6 +589,10 @@ def derive(state: ProfileState, now_ms: int, config: DeriveConfig = DEFAULT_CONF
         last_payment_failure_at_ms=last_failure,
         days_since_first_order=days_since_first_order,
         days_since_last_payment_failure=days_since_failure,
+        payment_failure_open=_later(last_failure, last_order),
+        last_delivery_problem_at_ms=last_problem,
+        days_since_delivery_problem=_days_since(now_ms, last_problem),
+        delivery_problem_open=_later(last_problem, last_ok),
         recency_days=recency,
         frequency=net_orders,
         monetary=net_revenue,

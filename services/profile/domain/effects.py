@@ -152,8 +152,12 @@ def _delivery_update(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
         fx.add("deliveries")
         if is_late_delivery(d):
             fx.add("late_deliveries")
+            fx.maximum("last_delivery_problem_at", ts)
+        else:
+            fx.maximum("last_delivery_ok_at", ts)
     elif is_failed_delivery(d):
         fx.add("failed_deliveries")
+        fx.maximum("last_delivery_problem_at", ts)
     fx.latest("u.commerce", e.event_id)
 
 
