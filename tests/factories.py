@@ -346,6 +346,45 @@ def recent_complaint(minutes: float, **ids: str) -> ev.TouchpointEvent:
     return e
 
 
+def recent_payment_failure(minutes: float, **ids: str) -> ev.TouchpointEvent:
+    e = recent_event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_WEB, "checkout.payment"
+    e.journey_stage = ev.JOURNEY_STAGE_PURCHASE
+    e.payment_failed.CopyFrom(
+        ev.PaymentFailed(
+            order_id=f"o-{uuid.uuid4()}",
+            failure_code="card_declined",
+            amount=ev.Money(currency_code="EUR", units=59),
+        )
+    )
+    return e
+
+
+def recent_delivery(minutes: float, *, late: bool, **ids: str) -> ev.TouchpointEvent:
+    """Delivered `minutes` after RECENT, an hour after or before its promised time."""
+    e = recent_event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_OTHER, "logistics.delivery"
+    e.journey_stage = ev.JOURNEY_STAGE_PURCHASE
+    actual = RECENT + timedelta(minutes=minutes)
+    update = ev.DeliveryUpdate(
+        order_id=f"o-{uuid.uuid4()}", status=ev.DeliveryUpdate.STATUS_DELIVERED
+    )
+    update.actual_at.FromDatetime(actual)
+    update.promised_at.FromDatetime(actual + timedelta(hours=-1 if late else 1))
+    e.delivery_update.CopyFrom(update)
+    return e
+
+
+def recent_consent(
+    minutes: float, purpose: ev.ConsentChange.Purpose.ValueType, granted: bool, **ids: str
+) -> ev.TouchpointEvent:
+    e = recent_event(minutes, **ids)
+    e.channel, e.touchpoint = ev.CHANNEL_EMAIL, "preferences.consent"
+    e.journey_stage = ev.JOURNEY_STAGE_USAGE
+    e.consent_change.CopyFrom(ev.ConsentChange(purpose=purpose, granted=granted))
+    return e
+
+
 def recent_login(minutes: float, **ids: str) -> ev.TouchpointEvent:
     e = recent_event(minutes, **ids)
     e.touchpoint = "account.login"

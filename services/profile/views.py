@@ -1,9 +1,12 @@
-"""The Profile message callers see, built from stored aggregates (pure)."""
+"""What callers see, built from stored aggregates (pure): the Profile message, and the
+flat features decisions read (`features_of`, also used as a library by the
+personalisation service, and `features_response`, its GetFeatures reply)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.v1 import profile_pb2 as pb
@@ -11,7 +14,7 @@ from cx.profile.v1 import profile_pb2 as pb
 from services.common.identifiers import BY_CODE
 from services.profile.adapters.layout import decode_consent
 from services.profile.adapters.reader import LoadedProfile
-from services.profile.domain.derive import derive
+from services.profile.domain.derive import FieldValue, derive
 from services.profile.domain.segments import Segment, evaluate
 from services.profile.domain.state import Latest, ProfileState
 
@@ -125,3 +128,59 @@ def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: in
         )
     profile.segments.extend(sorted(evaluate(segments, d.fields())))
     return profile
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A profile's flat fields (`Derived.fields()`, docs/profile-metrics.md "Fields")
+    and segments, derived at `computed_at_ms`."""
+
+    profile_id: str
+    # Only the names asked for (every field when none were), without None values.
+    fields: dict[str, FieldValue]
+    # Every segment the profile is in now, sorted (whatever names were asked for).
+    segments: list[str]
+    # The newest event time the profile holds: how fresh the fields are (None when empty).
+    as_of_ms: int | None
+    computed_at_ms: int
+
+
+def _as_of_ms(state: ProfileState) -> int | None:
+    times = [item.ts_ms for item in state.latest.values()]
+    last_seen = state.maxima.get("last_seen")
+    if last_seen is not None:
+        times.append(int(last_seen))
+    return max(times, default=None)
+
+
+def features_of(
+    loaded: LoadedProfile,
+    segments: Sequence[Segment],
+    now_ms: int,
+    names: Collection[str] = (),
+) -> FeatureView:
+    """The fields named in `names` (all when empty; a name the profile does not have, or
+    whose value is None, is absent), the profile's segments and freshness."""
+    state = loaded.stored.state()
+    fields = derive(state, now_ms).fields()
+    wanted = frozenset(names)
+    return FeatureView(
+        profile_id=state.profile_id,
+        fields={
+            name: value
+            for name, value in fields.items()
+            if value is not None and (not wanted or name in wanted)
+        },
+        segments=sorted(evaluate(segments, fields)),
+        as_of_ms=_as_of_ms(state),
+        computed_at_ms=now_ms,
+    )
+
+
+def features_response(view: FeatureView) -> pb.GetFeaturesResponse:
+    """The GetFeatures reply of a FeatureView (numbers become Struct doubles)."""
+    reply = pb.GetFeaturesResponse(profile_id=view.profile_id, segments=view.segments)
+    reply.features.update(view.fields)
+    _set_ms(reply, "as_of", view.as_of_ms)
+    reply.computed_at.FromMilliseconds(view.computed_at_ms)
+    return reply

@@ -52,6 +52,7 @@ def unavailable_count(rpc: str) -> float:
 
 CALLS: list[tuple[str, Message]] = [
     ("GetProfile", pb.GetProfileRequest(identifier=CUSTOMER)),
+    ("GetFeatures", pb.GetFeaturesRequest(identifier=CUSTOMER)),
     ("GetTimeline", pb.GetTimelineRequest(identifier=CUSTOMER)),
     ("ListSegmentMembers", pb.ListSegmentMembersRequest(segment="detractors")),
     ("RemoveIdentifier", pb.RemoveIdentifierRequest(identifier=CUSTOMER)),

@@ -81,6 +81,10 @@ class MemoryReader:
     def load(self, pid: str) -> LoadedProfile | None:
         return self.profiles.get(pid)
 
+    def load_identified(self, id_type: str, value: str) -> LoadedProfile | None:
+        pid = self.profile_id(id_type, value)
+        return None if pid is None else self.load(pid)
+
     def events(self, pid: str, start: int = 0, stop: int = -1) -> list[ev.TouchpointEvent]:
         held = self.timeline.get(pid, [])
         return held[start:] if stop == -1 else held[start : stop + 1]
@@ -176,6 +180,74 @@ def test_an_unknown_identifier_is_not_found() -> None:
     reader, _ = ann()
     request = pb.GetProfileRequest(identifier=ident(CUSTOMER, "cust-404"))
     assert isinstance(raised(servicer(reader).GetProfile, request, ctx()), NotFound)
+
+
+# --- GetFeatures ----------------------------------------------------------------------
+
+
+def features(
+    reader: MemoryReader, identifier: pb.Identifier, *names: str
+) -> pb.GetFeaturesResponse:
+    request = pb.GetFeaturesRequest(identifier=identifier, names=names)
+    return servicer(reader).GetFeatures(request, ctx())
+
+
+def test_get_features_answers_the_fields_get_profile_derives() -> None:
+    reader, events = ann()
+    reply = features(reader, ident(EMAIL, " Ann@Example.org"))
+    profile = (
+        servicer(reader)
+        .GetProfile(pb.GetProfileRequest(identifier=ident(CUSTOMER, "cust-1")), ctx())
+        .profile
+    )
+    assert reply.profile_id == profile.profile_id == "p-ann"
+    assert reply.features["orders"] == profile.commerce.orders == 1
+    assert reply.features["nps_category"] == profile.cx.nps_category == "detractor"
+    assert reply.features["journey_stage"] == profile.journey_stage
+    assert reply.features["value_tier"] == profile.value_tier
+    assert list(reply.segments) == list(profile.segments) == ["buyers", "detractors"]
+    assert reply.as_of.ToMilliseconds() == events[-1].occurred_at.ToMilliseconds()
+    assert reply.computed_at.ToMilliseconds() > 0
+
+
+def test_get_features_keeps_only_the_names_asked_for() -> None:
+    reader, _ = ann()
+    reply = features(reader, ident(CUSTOMER, "cust-1"), "orders", "csat_last", "unknown")
+    assert dict(reply.features) == {"orders": 1.0}
+    assert list(reply.segments) == ["buyers", "detractors"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.GetFeaturesRequest(), "identifier.type"),
+        (pb.GetFeaturesRequest(identifier=ident(EMAIL, "not an email")), "identifier.value"),
+        (pb.GetFeaturesRequest(identifier=ident(CUSTOMER, "cust-1"), names=["x"] * 201), "names"),
+        (
+            pb.GetFeaturesRequest(identifier=ident(CUSTOMER, "cust-1"), names=["ok", "x" * 201]),
+            "names",
+        ),
+    ],
+)
+def test_get_features_requests_are_checked_field_by_field(
+    request_: pb.GetFeaturesRequest, field: str
+) -> None:
+    reader, _ = ann()
+    error = raised(servicer(reader).GetFeatures, request_, ctx())
+    assert isinstance(error, InvalidArgument)
+    assert error.field == field
+
+
+def test_get_features_takes_200_names_of_200_characters() -> None:
+    reader, _ = ann()
+    names = ["orders", *(f"{i}".ljust(200, "x") for i in range(199))]
+    assert dict(features(reader, ident(CUSTOMER, "cust-1"), *names).features) == {"orders": 1.0}
+
+
+def test_get_features_of_an_unknown_identifier_is_not_found() -> None:
+    reader, _ = ann()
+    request = pb.GetFeaturesRequest(identifier=ident(CUSTOMER, "cust-404"))
+    assert isinstance(raised(servicer(reader).GetFeatures, request, ctx()), NotFound)
 
 
 # --- GetTimeline ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""build_profile: the Profile message callers see, from stored structures held in memory."""
+"""build_profile and features_of: what callers see, from stored structures held in memory."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from cx.profile.v1 import profile_pb2 as pb
 from services.profile.adapters.layout import Lineage
 from services.profile.adapters.reader import LoadedProfile
 from services.profile.domain.segments import Condition, Segment
-from services.profile.views import build_profile
-from tests.factories import DAY_MS, at, complaint, consent, identify, nps, order
+from services.profile.views import FeatureView, build_profile, features_of, features_response
+from tests.factories import DAY_MS, at, complaint, consent, identify, nps, order, payment_failed
 from tests.unit.fake_stores import stored
 
 SEGMENTS = [
@@ -142,3 +142,71 @@ def test_time_dependent_values_are_computed_at_read_time() -> None:
     assert later.computed_at.ToMilliseconds() - now.computed_at.ToMilliseconds() == 100 * DAY_MS
     assert (now.commerce.recency_days, later.commerce.recency_days) == (3, 103)
     assert later.churn_risk.score > now.churn_risk.score
+
+
+# --- features_of ------------------------------------------------------------------------
+
+
+def loaded_profile(journey: list[ev.TouchpointEvent]) -> LoadedProfile:
+    return LoadedProfile(stored(journey), [])
+
+
+def test_features_are_the_derived_fields_without_none_values_with_segments_and_freshness() -> None:
+    journey = events()
+    view = features_of(loaded_profile(journey), SEGMENTS, at(5))
+    profile, _ = build(now_day=5)
+    assert (view.profile_id, view.computed_at_ms) == ("p-1", at(5))
+    # The newest event time the profile holds: the complaint's.
+    assert view.as_of_ms == at(4)
+    assert view.segments == list(profile.segments) == ["spenders"]
+    f = view.fields
+    assert f["open_complaints"] == profile.cx.open_complaints == 1
+    assert f["value_tier"] == profile.value_tier
+    assert f["churn_risk"] == pytest.approx(profile.churn_risk.score)
+    assert f["nps_last"] == 9
+    assert f["days_since_nps"] == pytest.approx(2)
+    assert f["consent.marketing_email"] is True
+    assert f["traits.first_name"] == "Ann"
+    assert f["payment_failure_open"] is False
+    # None values are left out: no CSAT answer, no delivery problem.
+    assert "csat_last" not in f
+    assert "days_since_delivery_problem" not in f
+    assert all(v is not None for v in f.values())
+
+
+def test_features_keep_only_the_names_asked_for() -> None:
+    journey = [*events(), payment_failed(4.5)]
+    view = features_of(
+        loaded_profile(journey),
+        SEGMENTS,
+        at(5),
+        ["payment_failure_open", "csat_last", "no_such_field", "orders"],
+    )
+    # Unknown names and None values are absent; segments are always all of them.
+    assert view.fields == {"payment_failure_open": True, "orders": 1}
+    assert view.segments == ["spenders"]
+    assert view.as_of_ms == at(4.5)
+
+
+def test_the_features_reply_carries_the_view() -> None:
+    view = FeatureView(
+        profile_id="p-1",
+        fields={"orders": 3, "churn_band": "low", "payment_failure_open": True, "clv": 1.5},
+        segments=["a", "b"],
+        as_of_ms=at(1),
+        computed_at_ms=at(2),
+    )
+    reply = features_response(view)
+    assert reply.profile_id == "p-1"
+    assert dict(reply.features) == {
+        "orders": 3.0,
+        "churn_band": "low",
+        "payment_failure_open": True,
+        "clv": 1.5,
+    }
+    assert list(reply.segments) == ["a", "b"]
+    assert reply.as_of.ToMilliseconds() == at(1)
+    assert reply.computed_at.ToMilliseconds() == at(2)
+    empty = features_response(FeatureView("p-2", {}, [], None, at(2)))
+    assert not empty.HasField("as_of")
+    assert dict(empty.features) == {}

@@ -5,11 +5,13 @@ modules."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 from cx.events.v1 import touchpoint_pb2 as ev
+from redis.client import Pipeline
 
 from services.common.heartbeat import alive
 from services.profile.adapters.layout import (
@@ -58,13 +60,47 @@ class ProfileReader:
 
     def load(self, pid: str) -> LoadedProfile | None:
         pipe = self.client.pipeline(transaction=False)
+        self._queue_load(pipe, pid)
+        return self._loaded(pid, pipe.execute())
+
+    def load_identified(self, id_type: str, value: str) -> LoadedProfile | None:
+        """`load(profile_id(id_type, value))` in two round trips when the identifier's
+        profile was not merged: a GET of the identity key, then one transaction reading
+        the alias of its profile and the structures `load` reads. Only when the alias
+        says the profile was merged is the survivor loaded the same way (at most
+        FOLLOW_HOPS times, as `follow`). A profile id (id_type `pid`) skips the GET."""
+        if id_type == "pid":
+            pid = value
+        else:
+            owner = self.client.get(self.keys.identity(id_type, value))
+            if owner is None:
+                return None
+            pid = as_text(owner)
+        for _ in range(FOLLOW_HOPS):
+            # One snapshot: a merge cannot fall between the alias and the structures.
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hget(self.keys.alias, pid)
+            self._queue_load(pipe, pid)
+            survivor, *replies = pipe.execute()
+            if survivor is None:
+                return self._loaded(pid, replies)
+            pid = as_text(survivor)
+        return self.load(pid)
+
+    def _queue_load(self, pipe: Pipeline, pid: str) -> None:
+        """The reads of a profile's structures, in the order `_loaded` takes them."""
         pipe.hgetall(self.keys.profile(pid))
         pipe.hgetall(self.keys.profile(pid, "ids"))
         for sub in LATEST_HASHES:
             pipe.hgetall(self.keys.profile(pid, sub))
         pipe.zrange(self.keys.profile(pid, "contacts"), 0, -1, withscores=True)
         pipe.hgetall(self.keys.profile(pid, "touchpoints"))
-        main, ids, traits, consent, complaints, contacts, touchpoints = pipe.execute()
+
+    @staticmethod
+    def _loaded(pid: str, replies: Sequence[Any]) -> LoadedProfile | None:
+        """The profile of `_queue_load`'s replies; None when it has no identifiers (it
+        does not exist, was merged away or erased)."""
+        main, ids, traits, consent, complaints, contacts, touchpoints = replies
         if not ids:
             return None
         links = text_map(ids)
