@@ -26,6 +26,8 @@ class KafkaSettings(BaseSettings):
     # Touchpoint events re-keyed by profile id (the profile service's repartition topic).
     profile_events_topic: str = "cx.profile-events.v1"
     profile_changes_topic: str = "cx.profile-changes.v1"
+    # Every next-best-action decision (cx.personalisation.v1.DecisionRecord).
+    decisions_topic: str = "cx.decisions.v1"
 
 
 class RedisSettings(BaseSettings):

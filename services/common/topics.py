@@ -27,6 +27,7 @@ def platform_topics(settings: KafkaSettings | None = None) -> list[TopicSpec]:
         s.touchpoints_dlq_topic,
         s.profile_events_topic,
         s.profile_changes_topic,
+        s.decisions_topic,
     )
     return [
         TopicSpec(name, s.kafka_topic_partitions, s.kafka_replication_factor, retention)

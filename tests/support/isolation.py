@@ -42,6 +42,7 @@ class IsolatedPipeline:
                 "touchpoints_dlq_topic": f"{run}.touchpoints.dlq",
                 "profile_events_topic": f"{run}.profile-events",
                 "profile_changes_topic": f"{run}.profile-changes",
+                "decisions_topic": f"{run}.decisions",
             }
         )
         self.settings = ProfileSettings(key_prefix=f"{run}:", consumer_group=run)
@@ -55,6 +56,7 @@ class IsolatedPipeline:
             "TOUCHPOINTS_DLQ_TOPIC": self.kafka.touchpoints_dlq_topic,
             "PROFILE_EVENTS_TOPIC": self.kafka.profile_events_topic,
             "PROFILE_CHANGES_TOPIC": self.kafka.profile_changes_topic,
+            "DECISIONS_TOPIC": self.kafka.decisions_topic,
             "PROFILE_KEY_PREFIX": self.settings.key_prefix,
             "PROFILE_CONSUMER_GROUP": self.settings.consumer_group,
             # Several workers on one host: no fixed metrics port to collide on.

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from services.common.settings import KafkaSettings, ProcessSettings, RedisSettings
 from services.ingest.settings import IngestSettings
+from services.personalisation.settings import PersonalisationSettings
 from services.profile.settings import ProfileSettings
 from tests.paths import REPO_ROOT
 
@@ -22,6 +23,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     ProcessSettings,
     IngestSettings,
     ProfileSettings,
+    PersonalisationSettings,
 )
 # Variables the README documents that no settings class reads, and the file that does.
 READ_ELSEWHERE = {
@@ -32,7 +34,10 @@ READ_ELSEWHERE = {
     "CX_CACHE_DIR": "deploy/local/stack.sh",
 }
 # Defaults the README words instead of spelling them: (the words, the setting's default).
-WORDED = {"PROFILE_ERASURE_SALT": ("generated", "")}
+WORDED = {
+    "PROFILE_ERASURE_SALT": ("generated", ""),
+    "PERSONALISATION_PROFILE_ADDRESS": ("this stack's profile port", ""),
+}
 
 
 def environment_variables() -> dict[str, FieldInfo]:
