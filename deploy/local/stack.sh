@@ -569,10 +569,40 @@ start_service() {
   die "$name: did not accept connections on port $wait_port within ${SERVICE_START_TIMEOUT}s"
 }
 
+# The services' gRPC ports (5005x) lie inside Linux's ephemeral port range: a client that
+# keeps reconnecting to a stopped local server can connect to itself from that very port
+# (TCP self-connect) and hold it, and the server then cannot bind it. Reserved ports are
+# never picked as a client's source port. Needs root; otherwise it says so and goes on.
+reserve_service_ports() {
+  local knob=/proc/sys/net/ipv4/ip_local_reserved_ports name port current wanted=()
+  while read -r name port _; do
+    [[ $port != - ]] && wanted+=("$(effective_port "$name" "$port")")
+  done < <(service_lines)
+  ((${#wanted[@]})) || return 0
+  current=$(cat "$knob" 2>/dev/null) || return 0
+  local missing=() item reserved
+  for port in "${wanted[@]}"; do
+    reserved=no
+    for item in ${current//,/ }; do
+      if ((port >= ${item%-*} && port <= ${item#*-})); then reserved=yes; fi
+    done
+    [[ $reserved == yes ]] || missing+=("$port")
+  done
+  ((${#missing[@]})) || return 0
+  local joined
+  joined=$(IFS=,; echo "${missing[*]}")
+  if [[ -w $knob ]] && echo "${current:+$current,}$joined" >"$knob" 2>/dev/null; then
+    say "reserved ports $joined (never used as client source ports)"
+  else
+    warn "cannot reserve ports $joined in $knob (not root): a service may rarely fail to bind its port after a restart"
+  fi
+}
+
 cmd_services_up() {
   [[ -x $PYTHON ]] || die "no Python at $PYTHON (create the venv first: uv sync --frozen)"
   cmd_is_up || warn "Kafka and/or Redis are not running (start them with: $0 infra-up)"
   check_service_settings
+  reserve_service_ports
   local name port module rvar mvar mport inst
   # Fewer replicas than are running: stop the ones with the highest indices.
   while read -r name port module rvar _; do
