@@ -64,7 +64,8 @@ from services.personalisation.views import (
 )
 
 MAX_ACTIONS = 10
-PLACEMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+# The catalogue's placement names (without its wildcards), at most 100 characters.
+PLACEMENT_RE = re.compile(r"^(?=.{1,100}$)[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_CONTEXT_TEXT = 500
 MAX_ATTRIBUTES = 50
@@ -175,7 +176,8 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             raise InvalidArgument("placement", "is required, for example web.home.hero")
         if not PLACEMENT_RE.match(request.placement):
             raise InvalidArgument(
-                "placement", "must be lower-case letters, digits and . _ - (at most 100)"
+                "placement",
+                "must be lower-case dotted names such as web.home.hero (a-z, 0-9, _; at most 100)",
             )
         if request.channel == ev.CHANNEL_UNSPECIFIED:
             raise InvalidArgument("channel", "is required, for example CHANNEL_WEB")
@@ -428,7 +430,9 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         self, request: pb.ListActionsRequest, context: grpc.ServicerContext
     ) -> pb.ListActionsResponse:
         if request.placement and not PLACEMENT_RE.match(request.placement):
-            raise InvalidArgument("placement", "must be lower-case letters, digits and . _ -")
+            raise InvalidArgument(
+                "placement", "must be a lower-case dotted name such as web.home.hero"
+            )
         catalogue = self.catalogue.current
         reply = pb.ListActionsResponse(
             actions=catalogue_actions(catalogue, _now_ms(), request.placement, request.kind),

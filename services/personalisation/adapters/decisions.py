@@ -12,7 +12,6 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import redis
@@ -160,17 +159,13 @@ class DecisionLog:
             except KafkaError as exc:
                 self._failed(exc)
 
-    def flush(self, timeout_s: float = 10.0) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout=timeout_s)
-
     def close(self, timeout_s: float = 10.0) -> None:
+        """Sends what is queued (within `timeout_s`), then stops."""
         self._closed.set()
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            log.warning("decision log: %d records not sent at close", self._queue.qsize())
         self._thread.join(timeout_s)
         if self._producer is not None:
             self._producer.close(timeout=timeout_s)
-
-
-def chosen_actions(items: Sequence[tuple[str, str, bool]]) -> tuple[ChosenAction, ...]:
-    return tuple(ChosenAction(a, k, m) for a, k, m in items)
