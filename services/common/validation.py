@@ -286,6 +286,12 @@ def _check_offer_outcome(c: _Checker, p: ev.OfferOutcome) -> None:
     c.enum_field(p, "outcome", "offer_outcome", required=True)
 
 
+def _check_experience_incident(c: _Checker, p: ev.ExperienceIncident) -> None:
+    c.required_id("experience_incident.incident_id", p.incident_id)
+    c.required_id("experience_incident.rule", p.rule)
+    c.enum_field(p, "state", "experience_incident", required=True)
+
+
 # Each payload's checks, given the payload (the event's field of the same name).
 PAYLOAD_CHECKS: dict[str, Callable[[_Checker, Any], None]] = {
     "page_view": _check_page_view,
@@ -306,6 +312,7 @@ PAYLOAD_CHECKS: dict[str, Callable[[_Checker, Any], None]] = {
     "identify": _check_identify,
     "consent_change": _check_consent_change,
     "offer_outcome": _check_offer_outcome,
+    "experience_incident": _check_experience_incident,
 }
 
 

@@ -123,6 +123,7 @@ class TouchpointEvent(_message.Message):
     IDENTIFY_FIELD_NUMBER: _builtins.int
     CONSENT_CHANGE_FIELD_NUMBER: _builtins.int
     OFFER_OUTCOME_FIELD_NUMBER: _builtins.int
+    EXPERIENCE_INCIDENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Idempotency key: producers reuse it on retry, consumers apply an event id once."""
     channel: Global___Channel.ValueType
@@ -183,6 +184,8 @@ class TouchpointEvent(_message.Message):
     def consent_change(self) -> Global___ConsentChange: ...
     @_builtins.property
     def offer_outcome(self) -> Global___OfferOutcome: ...
+    @_builtins.property
+    def experience_incident(self) -> Global___ExperienceIncident: ...
     def __init__(
         self,
         *,
@@ -213,12 +216,13 @@ class TouchpointEvent(_message.Message):
         identify: Global___Identify | None = ...,
         consent_change: Global___ConsentChange | None = ...,
         offer_outcome: Global___OfferOutcome | None = ...,
+        experience_incident: Global___ExperienceIncident | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app_error", b"app_error", "cart_change", b"cart_change", "complaint", b"complaint", "consent_change", b"consent_change", "conversation_message", b"conversation_message", "delivery_update", b"delivery_update", "identify", b"identify", "identities", b"identities", "message_engagement", b"message_engagement", "occurred_at", b"occurred_at", "offer_outcome", b"offer_outcome", "order_cancelled", b"order_cancelled", "order_placed", b"order_placed", "order_returned", b"order_returned", "page_view", b"page_view", "payload", b"payload", "payment_failed", b"payment_failed", "product_view", b"product_view", "properties", b"properties", "received_at", b"received_at", "review", b"review", "support_contact", b"support_contact", "survey_response", b"survey_response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app_error", b"app_error", "cart_change", b"cart_change", "complaint", b"complaint", "consent_change", b"consent_change", "conversation_message", b"conversation_message", "delivery_update", b"delivery_update", "experience_incident", b"experience_incident", "identify", b"identify", "identities", b"identities", "message_engagement", b"message_engagement", "occurred_at", b"occurred_at", "offer_outcome", b"offer_outcome", "order_cancelled", b"order_cancelled", "order_placed", b"order_placed", "order_returned", b"order_returned", "page_view", b"page_view", "payload", b"payload", "payment_failed", b"payment_failed", "product_view", b"product_view", "properties", b"properties", "received_at", b"received_at", "review", b"review", "support_contact", b"support_contact", "survey_response", b"survey_response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_error", b"app_error", "cart_change", b"cart_change", "channel", b"channel", "complaint", b"complaint", "consent_change", b"consent_change", "conversation_message", b"conversation_message", "delivery_update", b"delivery_update", "event_id", b"event_id", "identify", b"identify", "identities", b"identities", "journey_stage", b"journey_stage", "message_engagement", b"message_engagement", "occurred_at", b"occurred_at", "offer_outcome", b"offer_outcome", "order_cancelled", b"order_cancelled", "order_placed", b"order_placed", "order_returned", b"order_returned", "page_view", b"page_view", "payload", b"payload", "payment_failed", b"payment_failed", "product_view", b"product_view", "properties", b"properties", "received_at", b"received_at", "review", b"review", "source_system", b"source_system", "support_contact", b"support_contact", "survey_response", b"survey_response", "touchpoint", b"touchpoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_error", b"app_error", "cart_change", b"cart_change", "channel", b"channel", "complaint", b"complaint", "consent_change", b"consent_change", "conversation_message", b"conversation_message", "delivery_update", b"delivery_update", "event_id", b"event_id", "experience_incident", b"experience_incident", "identify", b"identify", "identities", b"identities", "journey_stage", b"journey_stage", "message_engagement", b"message_engagement", "occurred_at", b"occurred_at", "offer_outcome", b"offer_outcome", "order_cancelled", b"order_cancelled", "order_placed", b"order_placed", "order_returned", b"order_returned", "page_view", b"page_view", "payload", b"payload", "payment_failed", b"payment_failed", "product_view", b"product_view", "properties", b"properties", "received_at", b"received_at", "review", b"review", "source_system", b"source_system", "support_contact", b"support_contact", "survey_response", b"survey_response", "touchpoint", b"touchpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["page_view", "product_view", "cart_change", "order_placed", "order_cancelled", "order_returned", "payment_failed", "delivery_update", "support_contact", "survey_response", "review", "complaint", "conversation_message", "message_engagement", "app_error", "identify", "consent_change", "offer_outcome"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["page_view", "product_view", "cart_change", "order_placed", "order_cancelled", "order_returned", "payment_failed", "delivery_update", "support_contact", "survey_response", "review", "complaint", "conversation_message", "message_engagement", "app_error", "identify", "consent_change", "offer_outcome", "experience_incident"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1076,6 +1080,61 @@ class ConsentChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsentChange: _TypeAlias = ConsentChange  # noqa: Y015
+
+@_typing.final
+class ExperienceIncident(_message.Message):
+    """An experience incident about the person changed state (written by the alerts service,
+    so that the profile knows the person's open incidents).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ExperienceIncident._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: ExperienceIncident._State.ValueType  # 0
+        STATE_OPENED: ExperienceIncident._State.ValueType  # 1
+        STATE_ACKNOWLEDGED: ExperienceIncident._State.ValueType  # 2
+        STATE_RESOLVED: ExperienceIncident._State.ValueType  # 3
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: ExperienceIncident.State.ValueType  # 0
+    STATE_OPENED: ExperienceIncident.State.ValueType  # 1
+    STATE_ACKNOWLEDGED: ExperienceIncident.State.ValueType  # 2
+    STATE_RESOLVED: ExperienceIncident.State.ValueType  # 3
+
+    INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    INCIDENT_TOUCHPOINT_FIELD_NUMBER: _builtins.int
+    incident_id: _builtins.str
+    rule: _builtins.str
+    """The alert rule that opened it, for example `detractor_nps`."""
+    state: Global___ExperienceIncident.State.ValueType
+    severity: _builtins.str
+    """critical, error, warning or info."""
+    incident_touchpoint: _builtins.str
+    """The touchpoint the incident is about, for example `checkout.payment`."""
+    def __init__(
+        self,
+        *,
+        incident_id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        state: Global___ExperienceIncident.State.ValueType = ...,
+        severity: _builtins.str = ...,
+        incident_touchpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "incident_touchpoint", b"incident_touchpoint", "rule", b"rule", "severity", b"severity", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperienceIncident: _TypeAlias = ExperienceIncident  # noqa: Y015
 
 @_typing.final
 class OfferOutcome(_message.Message):
