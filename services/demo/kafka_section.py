@@ -56,8 +56,14 @@ class KafkaTouchpoints:
             before = f"unknown before ({self.start_error or 'not measured'})"
             return [f"records on {self.topic}: {end:,} now, {before}"]
         added = end - self.start
-        note = "" if added == run.accepted else " (other producers wrote too)"
+        ours = run.accepted + run.outcome_events
+        note = "" if added == ours else " (other producers wrote too)"
+        outcomes = (
+            f", personalisation wrote {run.outcome_events:,} outcome events"
+            if run.outcome_events
+            else ""
+        )
         return [
             f"records on {self.topic}: {self.start:,} before, {end:,} after (+{added:,})",
-            f"ingestion accepted {run.accepted:,}{note}",
+            f"ingestion accepted {run.accepted:,}{outcomes}{note}",
         ]

@@ -75,7 +75,9 @@ class ProfileSection:
 
     def lines(self, run: DemoRun) -> list[str]:
         with self._stub() as stub:
-            stats, waited = self._wait_for_worker(stub, run.accepted)
+            # The personalisation service's outcome events go through the worker too.
+            target = run.accepted + run.outcome_events
+            stats, waited = self._wait_for_worker(stub, target)
             if _done(stats) == _done(self.start) and run.accepted:
                 raise SectionUnavailable("the profile worker applied nothing: is it running?")
             start = self.start
@@ -85,7 +87,7 @@ class ProfileSection:
             sizes = ", ".join(f"{s.segment} {s.members}" for s in stats.segments)
             out = [
                 f"events applied to profiles: {stats.events_applied - start.events_applied} "
-                f"of {run.accepted} (caught up in {waited:.1f}s)",
+                f"of {target} (caught up in {waited:.1f}s)",
                 f"identity stitching: "
                 f"{stats.identifiers_stitched - start.identifiers_stitched} identifiers linked "
                 f"to a known profile, {merges} profiles merged; {created - merges} profiles for "

@@ -2,10 +2,14 @@
 
     python -m services.demo.journeys [--customers N] [--negative-share F] [--seed S]
         [--days D] [--target HOST:PORT] [--batch-size N] [--concurrency N]
+        [--personalise-share F] [--personalisation HOST:PORT]
 
 Events go through IngestService.TrackBatch. Customers are split into `--concurrency` lanes
 sent in parallel; each lane sends its customers' events in time order, one batch at a time,
 so one customer's events always arrive in order and the stream as a whole looks live.
+For a share of the customers (`--personalise-share`), each web, app or contact-centre
+touchpoint asks PersonalisationService.Decide once its event was sent, and reports
+simulated outcomes (`services.demo.personalisation`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,13 +35,27 @@ from services.common.experience import NEGATIVE_KINDS
 from services.common.grpc_client import traced_channel
 from services.common.settings import grpc_address
 from services.demo.journeys import DemoConfig, Journey, generate
+from services.demo.personalisation import (
+    Personaliser,
+    ProfileCatchUp,
+    personalised_customers,
+    points_by_event,
+    return_visits,
+)
 from services.demo.sections import build_sections
 from services.demo.summary import DemoRun, Summary
 from services.ingest.settings import IngestSettings
+from services.personalisation.settings import PersonalisationSettings
+from services.profile.settings import ProfileSettings
 
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 60.0
 MAX_REJECTIONS_SHOWN = 5
+# Share of customers whose touchpoints ask for decisions by default: about 11 decisions
+# each, and the service makes a few hundred a second.
+PERSONALISE_SHARE = 0.2
+
+AfterBatch = Callable[[list[ev.TouchpointEvent]], None]
 
 
 class IngestUnavailable(Exception):
@@ -89,6 +107,7 @@ def _send_lane(
     batch_size: int,
     tally: Tally,
     stop: threading.Event,
+    after_batch: AfterBatch | None = None,
 ) -> None:
     try:
         for batch in _batches(events, batch_size):
@@ -96,6 +115,8 @@ def _send_lane(
                 return
             reply = stub.TrackBatch(pb.TrackBatchRequest(events=batch), timeout=CALL_TIMEOUT_S)
             tally.add(reply)
+            if after_batch is not None:
+                after_batch(batch)
     except BaseException:
         stop.set()
         raise
@@ -105,9 +126,12 @@ class Progress:
     """A status line on `stream`: rewritten twice a second on a terminal, otherwise printed
     every two seconds."""
 
-    def __init__(self, tally: Tally, stream: TextIO) -> None:
+    def __init__(
+        self, tally: Tally, stream: TextIO, extra: Callable[[], str] | None = None
+    ) -> None:
         self.tally = tally
         self.stream = stream
+        self.extra = extra
         self.tty = stream.isatty()
         self.interval = 0.5 if self.tty else 2.0
         self.started = time.monotonic()
@@ -119,9 +143,10 @@ class Progress:
         elapsed = time.monotonic() - self.started
         rate = t.sent / elapsed if elapsed > 0 else 0.0
         done = 100 * t.sent / t.total if t.total else 100.0
+        extra = f"  {self.extra()}" if self.extra is not None else ""
         return (
             f"sent {t.sent:,}/{t.total:,} ({done:.0f}%)  accepted {t.accepted:,}  "
-            f"rejected {t.rejected:,}  {rate:,.0f} events/s  elapsed {elapsed:.1f}s"
+            f"rejected {t.rejected:,}  {rate:,.0f} events/s  elapsed {elapsed:.1f}s{extra}"
         )
 
     def _show(self) -> None:
@@ -170,17 +195,24 @@ def send(
     batch_size: int,
     concurrency: int,
     progress_stream: TextIO,
+    after_batch: AfterBatch | None = None,
+    progress_extra: Callable[[], str] | None = None,
 ) -> Tally:
     """Sends every journey through ingestion, with a progress line on `progress_stream`;
-    IngestUnavailable (readable) when a call fails."""
+    IngestUnavailable (readable) when a call fails. `after_batch` is called with each
+    batch once ingestion accepted it."""
     work = lanes(journeys, concurrency)
     tally = Tally(total=sum(len(lane) for lane in work))
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
     stop = threading.Event()
     try:
-        with Progress(tally, progress_stream), ThreadPoolExecutor(len(work)) as pool:
+        with (
+            Progress(tally, progress_stream, progress_extra),
+            ThreadPoolExecutor(len(work)) as pool,
+        ):
             futures = [
-                pool.submit(_send_lane, stub, lane, batch_size, tally, stop) for lane in work
+                pool.submit(_send_lane, stub, lane, batch_size, tally, stop, after_batch)
+                for lane in work
             ]
             try:
                 for future in futures:
@@ -273,6 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default=grpc_address(IngestSettings().grpc_port))
     parser.add_argument("--batch-size", type=int, default=500, help="events per TrackBatch")
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")
+    parser.add_argument(
+        "--personalise-share",
+        type=float,
+        default=PERSONALISE_SHARE,
+        help="share of customers whose web, app and contact-centre touchpoints ask the "
+        "personalisation service for a decision, 0 (none) to 1",
+    )
+    parser.add_argument(
+        "--personalisation",
+        default=grpc_address(PersonalisationSettings().grpc_port),
+        metavar="HOST:PORT",
+        help="the personalisation service",
+    )
+    parser.add_argument(
+        "--profile",
+        default=grpc_address(ProfileSettings().grpc_port),
+        metavar="HOST:PORT",
+        help="the profile service (the return visits wait for it to catch up)",
+    )
     return parser
 
 
@@ -287,6 +338,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--batch-size must be between 1 and 1000")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
+    if not 0.0 <= args.personalise_share <= 1.0:
+        parser.error("--personalise-share must be between 0 and 1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,20 +362,51 @@ def main(argv: list[str] | None = None) -> int:
         f"{generation_seconds:.1f}s; sending to {args.target}",
         file=err,
     )
+    chosen = personalised_customers(len(journeys), args.personalise_share, config.seed)
+    points = points_by_event(journeys, chosen)
+    nba = Personaliser(args.personalisation, points, config.seed)
+    catch_up = ProfileCatchUp(args.profile)
     summary = Summary(build_sections())
     try:
         with connect(args.target) as channel:
             summary.before()
+            nba.start()
+            if nba.active:
+                catch_up.start()
+                print(
+                    f"asking {args.personalisation} for decisions at "
+                    f"{nba.tally.points:,} touchpoints of {len(chosen):,} customers",
+                    file=err,
+                )
             started_at = datetime.now(UTC)
             clock = time.perf_counter()
-            tally = send(channel, args.target, journeys, args.batch_size, args.concurrency, err)
+            tally = send(
+                channel,
+                args.target,
+                journeys,
+                args.batch_size,
+                args.concurrency,
+                err,
+                after_batch=nba.offer if nba.active else None,
+                progress_extra=nba.progress if nba.active else None,
+            )
+            seconds = time.perf_counter() - clock
+            nba.drain(err)
+            if nba.active:
+                later = [
+                    p for j in journeys if j.customer.index in chosen for p in return_visits(j)
+                ]
+                target = tally.accepted + nba.tally.outcomes_reported
+                nba.revisit(later, catch_up.wait(target, nba.stop), err)
+            decisions = nba.close()
     except IngestUnavailable as exc:
+        nba.stop.set()
         print(f"demo: {exc}", file=err)
         return 2
     except KeyboardInterrupt:
+        nba.stop.set()
         print("\ndemo: interrupted", file=err)
         return 130
-    seconds = time.perf_counter() - clock
     run = DemoRun(
         seed=config.seed,
         customers=tuple(j.customer for j in journeys),
@@ -332,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         rejected=tally.rejected,
         started_at=started_at,
         finished_at=datetime.now(UTC),
+        personalisation=decisions if chosen else None,
+        outcome_events=decisions.outcomes_reported,
     )
     lines = report(config, journeys, tally, seconds, generation_seconds)
     lines.extend(summary.render(run))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from services.demo.kafka_section import KafkaTouchpoints
+from services.demo.personalisation_section import PersonalisationSection
 from services.demo.profile_section import ProfileSection
 from services.demo.summary import SummarySection, UnavailableSection, reason
 
@@ -18,6 +19,7 @@ SectionFactory = Callable[[], SummarySection]
 SECTIONS: tuple[tuple[str, SectionFactory], ...] = (
     ("Kafka", KafkaTouchpoints),
     ("Profiles", ProfileSection.from_settings),
+    ("Personalisation", PersonalisationSection.from_settings),
 )
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from services.demo.journeys import Customer
+from services.demo.personalisation import DecisionTally
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class DemoRun:
     # When sending started and ended.
     started_at: datetime
     finished_at: datetime
+    # What the demo's Decide and ReportOutcome calls got back; None when it asked for no
+    # decisions (`--personalise-share 0`).
+    personalisation: DecisionTally | None = None
+    # Outcome events the personalisation service wrote to the touchpoint topic for the
+    # demo (ReportOutcome), on top of the events sent through ingestion.
+    outcome_events: int = 0
 
 
 class SectionUnavailable(Exception):

@@ -1,7 +1,9 @@
-"""`make demo`'s generator end to end: through ingestion into the stack's profile service."""
+"""`make demo`'s generator end to end: through ingestion into the stack's profile and
+personalisation services."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,27 +11,83 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_sends_journeys_and_summarises_profiles(ingest_address: str) -> None:
+def _section(out: str, title: str) -> list[str]:
+    lines = out.splitlines()
+    start = lines.index(title)
+    body = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        body.append(line[2:])
+    return body
+
+
+def _number(pattern: str, text: str) -> int:
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in:\n{text}"
+    return int(found.group(1).replace(",", ""))
+
+
+def test_demo_sends_journeys_and_summarises_profiles_and_decisions(ingest_address: str) -> None:
     # No --seed: every run makes new customers, so a second run is not all duplicates.
+    # Every customer asks for decisions; half of them had a bad experience.
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "services.demo.journeys",
             "--customers",
-            "40",
+            "60",
+            "--negative-share",
+            "0.5",
+            "--personalise-share",
+            "1",
             "--target",
             ingest_address,
         ],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=300,
+        timeout=400,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     out = result.stdout
-    assert "customers   40" in out
+    assert "customers   60" in out
     assert "0 rejected" in out
     assert "Profiles" in out
     assert "unavailable" not in out, out
     assert "example profiles:" in out
+
+    section = _section(out, "Personalisation")
+    text = "\n".join(section)
+    decisions = _number(r"^decisions: ([\d,]+) for 60 customers", text)
+    touchpoints = _number(r"at journey touchpoints: ([\d,]+);", text)
+    returns = _number(r"on return visits, .*?: ([\d,]+);", text)
+    assert decisions == touchpoints + returns
+    # Every signed-in customer comes back once, and those with a bad experience call too.
+    assert 60 <= returns <= 90
+    assert re.search(r"holdout: [\d.]+% of decisions", text), text
+
+    # The table: a row per action shown, and the decisions per placement.
+    table = section[section.index("actions shown, by placement:") + 1 :]
+    assert table[0].split()[:2] == ["web", "web"]
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:] if line.startswith("  ")}
+    assert int(rows["decisions"][-1].replace(",", "")) == decisions
+    assert "new_season_edit" in rows
+
+    # Once the profiles caught up, the experience rules held selling back and put service
+    # recovery first for customers whose experience went wrong.
+    returning = text.split("on return visits", 1)[1]
+    assert _number(r"an experience rule held in ([\d,]+)", returning) > 0
+    assert _number(r"service recovery first in ([\d,]+)", returning) > 0
+    assert _number(r"([\d,]+) upsells and cross-sells held back", returning) > 0
+    assert _number(r"experience rules held back ([\d,]+) upsells?", text) > 0
+    assert re.search(r"  suitability:\w+ +[\d,]+ ", text), text
+    assert "contact policy and fatigue caps hit" in text
+
+    assert _number(r"outcomes reported: ([\d,]+) \(", text) > 0
+    assert _number(r"\(([\d,]+) impressions", text) > 0
+    example = section[next(i for i, line in enumerate(section) if line.startswith("example"))]
+    assert example.startswith("example"), text
+    assert re.search(r"    1\. \w+ \(", text), "the example shows its ranked actions"
+    assert "the service's own count (http://" in text

@@ -290,9 +290,9 @@ def test_a_failing_section_is_shown_as_unavailable() -> None:
     ]
 
 
-def test_the_summary_lists_the_kafka_and_profile_sections_without_connecting() -> None:
+def test_the_summary_lists_the_sections_without_connecting() -> None:
     sections = build_sections()
-    assert [s.title for s in sections] == ["Kafka", "Profiles"]
+    assert [s.title for s in sections] == ["Kafka", "Profiles", "Personalisation"]
     assert isinstance(sections[0], KafkaTouchpoints)
     assert isinstance(sections[1], ProfileSection)
 
