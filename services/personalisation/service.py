@@ -224,8 +224,10 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             person = f"{identifier[0]}:{identifier[1]}"
         else:
             person = ""
-        holdout = arbitration.in_holdout(
-            person, self.settings.holdout_percent, self.settings.holdout_salt
+        # The holdout is a share of profiles: without one, the ranking is generic anyway,
+        # and a person keeps their group once their profile exists.
+        holdout = profile is not None and arbitration.in_holdout(
+            profile.profile_id, self.settings.holdout_percent, self.settings.holdout_salt
         )
         ranking = arbitration.rank(
             catalogue, decision_request, profile, identified=identifier is not None, holdout=holdout
@@ -258,7 +260,9 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
                 ),
             )
         )
-        reply = self._reply(decision_id, decision, profile, catalogue.version, person)
+        reply = self._reply(
+            decision_id, decision, profile, catalogue.version, person, decision_request.placement
+        )
         if request.explain:
             reply.filtered.extend(filtered_action(f) for f in decision.filtered)
         self._log(reply, request, decision, now_ms)
@@ -272,11 +276,12 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         profile: ProfileView | None,
         version: str,
         person: str,
+        placement: str,
     ) -> pb.DecideResponse:
         ranking = decision.ranking
         reply = pb.DecideResponse(
             decision_id=decision_id,
-            actions=chosen(decision, person),
+            actions=chosen(decision, person, placement),
             profile_id=profile.profile_id if profile else "",
             policy_version=version,
             group=pb.GROUP_HOLDOUT if ranking.holdout else pb.GROUP_TREATMENT,
@@ -310,7 +315,10 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             basis=reply.basis,
             experience_signals=reply.experience_signals,
             max_actions=request.max_actions or 1,
-            ranked=[ranked_action(s, i, "") for i, s in enumerate(ranking.ranked, start=1)],
+            ranked=[
+                ranked_action(s, i, "", request.placement)
+                for i, s in enumerate(ranking.ranked, start=1)
+            ],
         )
         record.decided_at.FromMilliseconds(now_ms)
         self.decision_log.append(reply.profile_id or reply.decision_id, record)

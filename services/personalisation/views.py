@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -64,18 +65,26 @@ def score_parts(parts: ScoreParts) -> pb.ScoreParts:
     )
 
 
-def pick_variant(action: Action, person: str) -> Variant:
-    """The variant a person sees: stable for one person, spread across people."""
-    if len(action.variants) == 1 or not person:
+def pick_variant(action: Action, person: str, placement: str) -> Variant:
+    """The variant a person sees at a placement: one written for the placement if there is
+    one (an agent's script at agent.panel), else one written for any placement; among
+    several, stable for one person and spread across people."""
+    fitting = [v for v in action.variants if v.written_for(placement)] or [
+        v for v in action.variants if not v.placements
+    ]
+    if not fitting:
         return action.variants[0]
-    return action.variants[sum(person.encode()) % len(action.variants)]
+    if len(fitting) == 1 or not person:
+        return fitting[0]
+    digest = hashlib.sha256(f"{action.action_id}:{person}".encode()).digest()
+    return fitting[int.from_bytes(digest[:4], "big") % len(fitting)]
 
 
-def ranked_action(scored: Scored, rank: int, person: str) -> pb.RankedAction:
+def ranked_action(scored: Scored, rank: int, person: str, placement: str) -> pb.RankedAction:
     return pb.RankedAction(
         action_id=scored.action.action_id,
         kind=scored.action.kind,
-        content=content(pick_variant(scored.action, person)),
+        content=content(pick_variant(scored.action, person, placement)),
         score=score_parts(scored.score),
         reasons=[pb.Reason(code=r.code, detail=r.detail) for r in scored.reasons],
         rank=rank,
@@ -97,8 +106,8 @@ def filtered_action(item: Filtered) -> pb.FilteredAction:
     return out
 
 
-def chosen(decision: Decision, person: str) -> list[pb.RankedAction]:
-    return [ranked_action(s, i, person) for i, s in enumerate(decision.chosen, start=1)]
+def chosen(decision: Decision, person: str, placement: str) -> list[pb.RankedAction]:
+    return [ranked_action(s, i, person, placement) for i, s in enumerate(decision.chosen, start=1)]
 
 
 def features_struct(features: Mapping[str, FieldValue]) -> struct_pb2.Struct:

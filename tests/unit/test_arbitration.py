@@ -303,3 +303,16 @@ def test_the_shipped_catalogue_recovers_first_on_every_competing_placement() -> 
                 assert not {"upsell", "cross_sell"} & set(kinds), (placement, kinds)
                 if "service_recovery" in kinds:
                     assert kinds[0] == "service_recovery", (placement, kinds)
+
+
+def test_a_variant_written_for_a_placement_is_shown_there_and_only_there() -> None:
+    from services.personalisation.views import pick_variant
+
+    action = load_catalogue().action("apology_voucher")
+    assert action is not None
+    people = [f"p_{i}" for i in range(50)]
+    at_agent = {pick_variant(action, p, "agent.panel").variant for p in people}
+    on_web = {pick_variant(action, p, "web.home.hero").variant for p in people}
+    assert at_agent == {"agent_script"}
+    assert "agent_script" not in on_web
+    assert on_web

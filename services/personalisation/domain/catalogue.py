@@ -179,6 +179,12 @@ class Variant:
     image_url: str = ""
     call_to_action: str = ""
     deep_link: str = ""
+    # Placements (patterns) this version is written for, for example an agent's script
+    # for `agent.panel`; empty: any placement the action serves.
+    placements: tuple[str, ...] = ()
+
+    def written_for(self, placement: str) -> bool:
+        return any(placement_matches(p, placement) for p in self.placements)
 
 
 @dataclass(frozen=True)
@@ -388,6 +394,20 @@ class VariantSpec(_Strict):
     image_url: str = Field("", description="a string")
     call_to_action: str = Field("", description="a string")
     deep_link: str = Field("", description="a string")
+    placements: list[str] = Field([], description="a list of placements or patterns")
+
+    @field_validator("placements", mode="before")
+    @classmethod
+    def _variant_placements(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _invalid("placements must be a list of placements or patterns")
+        for item in value:
+            if not isinstance(item, str) or not PLACEMENT_RE.match(item):
+                raise _invalid(
+                    f"placement {_toml(item)} must be a lower-case dotted name such as "
+                    "agent.panel, or a pattern such as web.*"
+                )
+        return value
 
     @field_validator("id", mode="before")
     @classmethod
@@ -417,7 +437,13 @@ class VariantSpec(_Strict):
 
     def variant(self) -> Variant:
         return Variant(
-            self.id, self.title, self.body, self.image_url, self.call_to_action, self.deep_link
+            self.id,
+            self.title,
+            self.body,
+            self.image_url,
+            self.call_to_action,
+            self.deep_link,
+            tuple(self.placements),
         )
 
 
