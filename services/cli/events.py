@@ -1,22 +1,31 @@
-"""The `cx` command line: `cx events send FILE` sends JSON-lines events through ingestion."""
+"""`cx events send FILE`: JSON-lines touchpoint events through ingestion."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Annotated, TextIO
 
 import grpc
+import typer
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.ingest.v1 import ingest_pb2 as pb
 from cx.ingest.v1 import ingest_pb2_grpc
 from google.protobuf import json_format
+from rich.text import Text
 
+from services.cli.common import EXIT_FAILED, stdout_console
 from services.common.grpc_client import traced_channel
 from services.common.settings import grpc_address
 from services.ingest.settings import IngestSettings
+
+# TrackBatch takes at most this many events a call.
+MAX_BATCH = 1000
+# A failed ingest call (or unreadable input) ends with 2, as it always has.
+EXIT_CALL_FAILED = 2
+
+app = typer.Typer(help="Touchpoint events.", no_args_is_help=True)
 
 
 @dataclass
@@ -60,6 +69,8 @@ def send_events(
     out: TextIO,
     batch_size: int = 500,
 ) -> SendTotals:
+    """Sends the events in batches; prints each rejected line (number, event id, every
+    field and reason) to `out`."""
     totals = SendTotals()
     for batch in _batches(parse_lines(lines, out, totals), batch_size):
         reply = stub.TrackBatch(pb.TrackBatchRequest(events=[e for _, e in batch]), timeout=60)
@@ -78,43 +89,55 @@ def send_events(
     return totals
 
 
-def _cmd_events_send(args: argparse.Namespace) -> int:
-    source: TextIO = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+def summary(totals: SendTotals) -> Text:
+    """`N events read, N accepted, N rejected`, coloured on a terminal."""
+    return Text.assemble(
+        f"{totals.lines} events read, ",
+        (f"{totals.accepted} accepted", "green" if totals.accepted else ""),
+        ", ",
+        (f"{totals.rejected} rejected", "bold red" if totals.rejected else ""),
+    )
+
+
+@app.command("send")
+def send(
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="File of JSON lines, - for stdin.")
+    ] = "-",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Ingest's gRPC address; by default GRPC_HOST and INGEST_GRPC_PORT.",
+            show_default="127.0.0.1:50051",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=MAX_BATCH, help="Events per TrackBatch call.")
+    ] = 500,
+) -> None:
+    """Send JSON-lines events (protobuf JSON mapping) through ingestion.
+
+    Rejected lines are printed to stderr with their line number. Exit code 0 when every
+    line was accepted, 1 when any was rejected, 2 when the call failed.
+    """
+    address = target or grpc_address(IngestSettings().grpc_port)
     try:
-        with traced_channel(args.target) as channel:
+        source: TextIO = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from exc
+    try:
+        with traced_channel(address) as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            totals = send_events(stub, source, sys.stderr, args.batch_size)
+            totals = send_events(stub, source, sys.stderr, batch_size)
     except grpc.RpcError as exc:
         print(f"ingest call failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
+        raise typer.Exit(EXIT_CALL_FAILED) from None
+    except UnicodeDecodeError as exc:
+        print(f"cannot read {file}: not UTF-8 text ({exc.reason})", file=sys.stderr)
+        raise typer.Exit(EXIT_CALL_FAILED) from None
     finally:
         if source is not sys.stdin:
             source.close()
-    print(f"{totals.lines} events read, {totals.accepted} accepted, {totals.rejected} rejected")
-    return 0 if totals.rejected == 0 else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cx", description="cx-platform command line")
-    groups = parser.add_subparsers(dest="group", required=True)
-    events = groups.add_parser("events", help="touchpoint events").add_subparsers(
-        dest="command", required=True
-    )
-    send = events.add_parser(
-        "send", help="send JSON-lines events (protobuf JSON mapping) through ingestion"
-    )
-    send.add_argument("file", nargs="?", default="-", help="file of JSON lines, - for stdin")
-    send.add_argument("--target", default=grpc_address(IngestSettings().grpc_port))
-    send.add_argument("--batch-size", type=int, default=500)
-    send.set_defaults(run=_cmd_events_send)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.run(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    stdout_console().print(summary(totals))
+    if totals.rejected:
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,45 @@
+"""What every `cx` command shares: consoles, the gRPC channel and how a failed call ends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+
+from services.common.grpc_client import traced_channel
+
+# Exit codes: 1 a failed call (or rejected input), 2 a usage error or INVALID_ARGUMENT.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Stub = TypeVar("Stub")
+
+
+def stdout_console() -> Console:
+    """A console on the current stdout (created per call: tests swap the stream)."""
+    return Console(highlight=False)
+
+
+def rpc_failure(exc: grpc.RpcError) -> NoReturn:
+    """Ends the command on a failed call: `error: CODE: details` on stderr, exit 2 for
+    INVALID_ARGUMENT (the request was wrong), 1 for anything else."""
+    code = exc.code()
+    name = code.name if code is not None else "UNKNOWN"
+    print(f"error: {name}: {exc.details() or ''}", file=sys.stderr)
+    raise typer.Exit(EXIT_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED)
+
+
+@contextmanager
+def stub_for(address: str, make: Callable[[grpc.Channel], Stub]) -> Iterator[Stub]:
+    """A stub on a traced channel to `address`; a failed call ends the command as
+    `rpc_failure` says, never with a traceback."""
+    try:
+        with traced_channel(address) as channel:
+            yield make(channel)
+    except grpc.RpcError as exc:
+        rpc_failure(exc)
