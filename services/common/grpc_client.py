@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 
-
 # A server that comes back is found within a second: gRPC's default reconnect backoff
 # grows to 120 s, during which every call fails UNAVAILABLE although the server answers.
 SERVICE_CHANNEL_OPTIONS = (
