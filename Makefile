@@ -21,7 +21,7 @@ $(UV):
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen
 	@touch $@
 
-install: .venv/.synced ## Create the virtualenv from the lock file and fetch Kafka and Redis
+install: .venv/.synced ## Create the virtualenv from the lock file and fetch Kafka, Redis and Alertmanager
 	@bash $(STACK) install
 
 protos: .venv/.synced ## Generate Python code and type stubs from protos/ (the only way)
@@ -42,7 +42,7 @@ lint: .venv/.synced check-protos ## ruff, ruff format --check, buf lint, mypy
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy services tests bench
 
-up: install ## Start Kafka, Redis and every service in the background (idempotent)
+up: install ## Start Kafka, Redis, Alertmanager and every service in the background (idempotent)
 	@bash $(STACK) up
 
 down: ## Stop what `make up` started

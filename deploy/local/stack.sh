@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # Local development stack: Kafka 4.0.2 (KRaft, one combined broker+controller, run from
-# Maven Central jars), Redis, and the platform services listed in deploy/local/services.txt.
+# Maven Central jars), Redis, Alertmanager (Debian's prometheus-alertmanager, delivering
+# every alert to the alerts service's local sink), and the platform services listed in
+# deploy/local/services.txt.
 #
 # Usage: deploy/local/stack.sh <command>
-#   install        resolve the Kafka jars (once) and install redis-server if missing
-#   up             install, start Redis and Kafka, create topics, start services
-#   down           stop services, Kafka and Redis (only processes whose pid files we wrote)
+#   install        resolve the Kafka jars (once); install redis-server and
+#                  prometheus-alertmanager if missing
+#   up             install, start Redis and Kafka, create topics, start Alertmanager and
+#                  the services
+#   down           stop the services, Alertmanager, Kafka and Redis (only processes whose
+#                  pid files we wrote)
 #   status         show what is running
-#   infra-up       Redis + Kafka + topics only
+#   infra-up       Redis + Kafka + topics + Alertmanager only
 #   services-up    start the services in services.txt (skips modules that do not exist yet)
 #   services-down  stop the services
 #   is-up          exit 0 if Kafka and Redis are running
-#   kafka-up, redis-up                start only the broker, only Redis
-#   kafka-down, redis-down [--kill]   stop only that one (SIGTERM; SIGKILL with --kill)
+#   kafka-up, redis-up, alertmanager-up                start only that one
+#   kafka-down, redis-down, alertmanager-down [--kill] stop only that one (SIGTERM;
+#                                                      SIGKILL with --kill)
 #
 # Environment: KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092; the controller listens on
-# port+1), REDIS_URL (default redis://127.0.0.1:6379/0), CX_VAR_DIR (default <repo>/var:
-# pid files, logs, data), CX_CACHE_DIR (default ~/.cache/cx-platform: Kafka jars),
-# CX_REDIS_APPENDFSYNC (default everysec), the replica counts services.txt names
-# (PROFILE_WORKERS, default 1) and the metrics ports they derive from.
+# port+1), REDIS_URL (default redis://127.0.0.1:6379/0), ALERTS_ALERTMANAGER_URL (default
+# http://127.0.0.1:9095: where Alertmanager listens), ALERTS_SINK_PORT (default 9471:
+# the sink Alertmanager delivers to), CX_VAR_DIR (default <repo>/var: pid files, logs,
+# data), CX_CACHE_DIR (default ~/.cache/cx-platform: Kafka jars), CX_REDIS_APPENDFSYNC
+# (default everysec), the replica counts services.txt names (PROFILE_WORKERS, default 1)
+# and the metrics ports they derive from.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,6 +40,8 @@ LOG_DIR=$VAR_DIR/log
 KAFKA_DIR=$VAR_DIR/kafka
 KAFKA_DATA_DIR=$KAFKA_DIR/data
 REDIS_DIR=$VAR_DIR/redis
+ALERTMANAGER_DIR=$VAR_DIR/alertmanager
+ALERTMANAGER_CONFIG=$ALERTMANAGER_DIR/alertmanager.yml
 REDIS_APPENDFSYNC=${CX_REDIS_APPENDFSYNC:-everysec}
 
 KAFKA_VERSION=4.0.2
@@ -66,7 +76,17 @@ _hostport=${_hostport%%/*}
 _hostport=${_hostport##*@}
 if [[ $_hostport == *:* ]]; then REDIS_PORT=${_hostport##*:}; else REDIS_PORT=6379; fi
 
-for _p in "$KAFKA_PORT" "$REDIS_PORT"; do
+# Alertmanager listens where the alerts service looks for it (ALERTS_ALERTMANAGER_URL) and
+# delivers to the alerts service's local sink (ALERTS_SINK_PORT).
+ALERTMANAGER_URL_=${ALERTS_ALERTMANAGER_URL:-http://127.0.0.1:9095}
+_hostport=${ALERTMANAGER_URL_#*://}
+_hostport=${_hostport%%/*}
+if [[ $_hostport == *:* ]]; then ALERTMANAGER_PORT=${_hostport##*:}; else ALERTMANAGER_PORT=80; fi
+ALERTMANAGER_HOST=${_hostport%:*}
+[[ -n $ALERTMANAGER_HOST ]] || ALERTMANAGER_HOST=127.0.0.1
+ALERTS_SINK_PORT_=${ALERTS_SINK_PORT:-9471}
+
+for _p in "$KAFKA_PORT" "$REDIS_PORT" "$ALERTMANAGER_PORT" "$ALERTS_SINK_PORT_"; do
   [[ $_p =~ ^[0-9]+$ ]] || { echo "stack: cannot parse a port from '$_p'" >&2; exit 2; }
 done
 case $REDIS_APPENDFSYNC in
@@ -87,6 +107,7 @@ process_match() {
   case $1 in
     kafka) echo "kafka.Kafka" ;;
     redis) echo "redis-server" ;;
+    alertmanager) echo "alertmanager" ;;
     *) service_field "$(service_of "$1")" 3 ;;
   esac
 }
@@ -154,6 +175,9 @@ stop_component() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# The components the stack runs besides the services (their pid files are not services').
+is_infra() { [[ $1 == kafka || $1 == redis || $1 == alertmanager ]]; }
+
 show_log_tail() {
   local f
   for f in "$@"; do
@@ -216,9 +240,33 @@ install_redis() {
   fi
 }
 
+# Debian's package is prometheus-alertmanager; an upstream `alertmanager` on PATH works too.
+alertmanager_bin() {
+  command -v prometheus-alertmanager || command -v alertmanager
+}
+
+install_alertmanager() {
+  alertmanager_bin >/dev/null && return 0
+  local sudo=()
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "prometheus-alertmanager is missing and not running as root"
+    sudo=(sudo)
+  fi
+  say "alertmanager: installing prometheus-alertmanager with apt-get"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq prometheus-alertmanager
+  # Under an init system the package starts a system-wide Alertmanager on 9093 (the local
+  # Kafka controller's port); the stack runs its own.
+  if command -v systemctl >/dev/null &&
+    systemctl is-active --quiet prometheus-alertmanager 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now prometheus-alertmanager || true
+  fi
+}
+
 cmd_install() {
   install_kafka
   install_redis
+  install_alertmanager
 }
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -252,6 +300,80 @@ start_redis() {
   show_new_log "$LOG_DIR/redis.log" "$from"
   stop_component redis >/dev/null
   die "redis: did not answer PING"
+}
+
+# --- Alertmanager -----------------------------------------------------------------------------
+
+# Every alert goes to the alerts service's sink, one notification group per incident (its
+# dedup key), with short waits so that tests and the demo see pages within seconds.
+alertmanager_config() {
+  cat <<EOF
+# Written by deploy/local/stack.sh; regenerated on every start.
+route:
+  receiver: cx-alerts-sink
+  group_by: [alertname, team, dedup_key]
+  group_wait: 1s
+  group_interval: 5s
+  repeat_interval: 4h
+receivers:
+  - name: cx-alerts-sink
+    webhook_configs:
+      - url: http://127.0.0.1:$ALERTS_SINK_PORT_/alertmanager/webhook
+        send_resolved: true
+EOF
+}
+
+# GET /api/v2/status answers 200 (plain bash: curl need not be installed).
+alertmanager_answers() {
+  local status
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  status=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2" &&
+    printf "GET /api/v2/status HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3 && head -n 1 <&3' \
+    _ "$ALERTMANAGER_HOST" "$ALERTMANAGER_PORT" 2>/dev/null) || return 1
+  [[ $status == HTTP/1.?" 200"* ]]
+}
+
+start_alertmanager() {
+  local pid i bin from config
+  mkdir -p "$ALERTMANAGER_DIR" "$LOG_DIR"
+  config=$(alertmanager_config)
+  if pid=$(running_pid alertmanager); then
+    # A changed configuration (another sink port) is reloaded in place.
+    if [[ $config != "$(cat "$ALERTMANAGER_CONFIG" 2>/dev/null)" ]]; then
+      printf '%s\n' "$config" >"$ALERTMANAGER_CONFIG"
+      kill -HUP "$pid"
+      say "alertmanager: configuration changed, reloaded"
+    fi
+    say "alertmanager: already running (pid $pid, $ALERTMANAGER_HOST:$ALERTMANAGER_PORT)"
+    return 0
+  fi
+  if [[ $ALERTMANAGER_PORT == "$KAFKA_PORT" || $ALERTMANAGER_PORT == "$CONTROLLER_PORT" ]]; then
+    die "alertmanager: port $ALERTMANAGER_PORT is Kafka's; set ALERTS_ALERTMANAGER_URL to another"
+  fi
+  if port_open 127.0.0.1 "$ALERTMANAGER_PORT"; then
+    die "alertmanager: port $ALERTMANAGER_PORT is already in use by a process this script did not start"
+  fi
+  bin=$(alertmanager_bin) || die "alertmanager: not installed (run: $0 install)"
+  printf '%s\n' "$config" >"$ALERTMANAGER_CONFIG"
+  from=$(file_size "$LOG_DIR/alertmanager.log")
+  say "alertmanager: starting on $ALERTMANAGER_HOST:$ALERTMANAGER_PORT (delivering to 127.0.0.1:$ALERTS_SINK_PORT_)"
+  # An empty --cluster.listen-address: no gossip port, one instance on its own.
+  spawn alertmanager "$LOG_DIR/alertmanager.log" "$bin" \
+    --config.file="$ALERTMANAGER_CONFIG" \
+    --storage.path="$ALERTMANAGER_DIR/data" \
+    --web.listen-address="$ALERTMANAGER_HOST:$ALERTMANAGER_PORT" \
+    --cluster.listen-address=
+  for ((i = 0; i < 150; i++)); do
+    if alertmanager_answers; then
+      say "alertmanager: up (pid $(<"$(pid_file alertmanager)"))"
+      return 0
+    fi
+    running_pid alertmanager >/dev/null || break
+    sleep 0.2
+  done
+  show_new_log "$LOG_DIR/alertmanager.log" "$from"
+  stop_component alertmanager >/dev/null
+  die "alertmanager: did not answer GET /api/v2/status"
 }
 
 # --- Kafka ------------------------------------------------------------------------------------
@@ -377,11 +499,11 @@ ensure_topics() {
 
 # --- services ---------------------------------------------------------------------------------
 
-# Prints "name port module replicas-var metrics-var metrics-default" for each service line
-# of services.txt, "-" for an option the line does not give.
+# Prints "name port module replicas-var metrics-var metrics-default port-var" for each
+# service line of services.txt, "-" for an option the line does not give.
 service_lines() {
   [[ -f $SERVICES_FILE ]] || return 0
-  local line opt replicas metrics_var metrics_default
+  local line opt replicas metrics_var metrics_default port_var
   local -a f
   while IFS= read -r line || [[ -n $line ]]; do
     line=${line%%#*}
@@ -391,10 +513,11 @@ service_lines() {
       warn "services.txt: ignoring malformed line: $line"
       continue
     fi
-    replicas=- metrics_var=- metrics_default=-
+    replicas=- metrics_var=- metrics_default=- port_var=-
     for opt in "${f[@]:3}"; do
       case $opt in
         replicas=?*) replicas=${opt#replicas=} ;;
+        port=?*) port_var=${opt#port=} ;;
         metrics=?*:?*)
           metrics_var=${opt#metrics=}
           metrics_default=${metrics_var#*:}
@@ -403,12 +526,12 @@ service_lines() {
         *) warn "services.txt: ignoring unknown option '$opt' of ${f[0]}" ;;
       esac
     done
-    echo "${f[0]} ${f[1]} ${f[2]} $replicas $metrics_var $metrics_default"
+    echo "${f[0]} ${f[1]} ${f[2]} $replicas $metrics_var $metrics_default $port_var"
   done <"$SERVICES_FILE"
 }
 
-# Field $2 (1=name 2=port 3=module 4=replicas-var 5=metrics-var 6=metrics-default) of the
-# service named $1, or nothing.
+# Field $2 (1=name 2=port 3=module 4=replicas-var 5=metrics-var 6=metrics-default
+# 7=port-var) of the service named $1, or nothing.
 service_field() {
   local -a f
   while read -r -a f; do
@@ -465,7 +588,7 @@ metrics_port() {
 # number, or a service with replicas has a port every replica would need.
 check_service_settings() {
   local name port module rvar mvar mdef
-  while read -r name port module rvar mvar mdef; do
+  while read -r name port module rvar mvar mdef _; do
     if [[ $rvar != - ]]; then
       replica_count "$rvar" >/dev/null
       [[ $port == - ]] || die "services.txt: $name has a port, so it cannot have replicas"
@@ -478,7 +601,7 @@ check_service_settings() {
 # services.txt order ("-" where the service has no metrics option).
 service_instances() {
   local name port module rvar mvar mdef count i mport
-  while read -r name port module rvar mvar mdef; do
+  while read -r name port module rvar mvar mdef _; do
     count=$(replica_count "$rvar")
     for ((i = 0; i < count; i++)); do
       mport=-
@@ -505,10 +628,14 @@ surplus_instances() {
   done
 }
 
-# The port to wait for: <NAME>_GRPC_PORT from the environment overrides services.txt.
+# The port to wait for: the variable the line's port= option names, else <NAME>_GRPC_PORT,
+# from the environment overrides services.txt.
 effective_port() {
   local name=$1 port=$2 port_var
-  port_var=$(tr '[:lower:]-' '[:upper:]_' <<<"$name")_GRPC_PORT
+  port_var=$(service_field "$name" 7)
+  if [[ -z $port_var || $port_var == - ]]; then
+    port_var=$(tr '[:lower:]-' '[:upper:]_' <<<"$name")_GRPC_PORT
+  fi
   if [[ $port != - && -n ${!port_var:-} ]]; then
     port=${!port_var}
   fi
@@ -625,7 +752,7 @@ cmd_services_down() {
   for file in "$RUN_DIR"/*.pid; do
     [[ -e $file ]] || continue
     name=$(basename "$file" .pid)
-    [[ $name == kafka || $name == redis ]] && continue
+    is_infra "$name" && continue
     [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
   done
   local i
@@ -642,6 +769,7 @@ cmd_infra_up() {
   start_redis
   start_kafka
   ensure_topics
+  start_alertmanager
 }
 
 cmd_up() {
@@ -652,6 +780,7 @@ cmd_up() {
 
 cmd_down() {
   cmd_services_down
+  stop_component alertmanager
   stop_component kafka
   stop_component redis
 }
@@ -672,6 +801,11 @@ cmd_status() {
   else
     row kafka stopped - "$KAFKA_HOST:$KAFKA_PORT"
   fi
+  if pid=$(running_pid alertmanager); then
+    row alertmanager running "$pid" "$ALERTMANAGER_HOST:$ALERTMANAGER_PORT"
+  else
+    row alertmanager stopped - "$ALERTMANAGER_HOST:$ALERTMANAGER_PORT"
+  fi
   while read -r name port module metrics_var metrics; do
     shown+=("$name")
     endpoint=$(effective_port "$name" "$port")
@@ -688,13 +822,14 @@ cmd_status() {
   for file in "$RUN_DIR"/*.pid; do
     [[ -e $file ]] || continue
     name=$(basename "$file" .pid)
-    [[ $name == kafka || $name == redis || " ${shown[*]} " == *" $name "* ]] && continue
+    is_infra "$name" && continue
+    [[ " ${shown[*]} " == *" $name "* ]] && continue
     if pid=$(running_pid "$name"); then row "$name" running "$pid" "(not configured)"; fi
   done
   echo "logs: $LOG_DIR"
 }
 
-# kafka-down / redis-down [--kill]
+# kafka-down / redis-down / alertmanager-down [--kill]
 cmd_stop_one() {
   local name=$1
   shift
@@ -710,7 +845,7 @@ cmd_is_up() {
 }
 
 usage() {
-  sed -n '5,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '7,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case ${1:-} in
@@ -726,6 +861,8 @@ case ${1:-} in
   kafka-down) cmd_stop_one kafka "${@:2}" ;;
   redis-up) install_redis && start_redis ;;
   redis-down) cmd_stop_one redis "${@:2}" ;;
+  alertmanager-up) install_alertmanager && start_alertmanager ;;
+  alertmanager-down) cmd_stop_one alertmanager "${@:2}" ;;
   -h | --help | help) usage ;;
   *)
     usage >&2

@@ -28,6 +28,9 @@ class KafkaSettings(BaseSettings):
     profile_changes_topic: str = "cx.profile-changes.v1"
     # Every next-best-action decision (cx.personalisation.v1.DecisionRecord).
     decisions_topic: str = "cx.decisions.v1"
+    # Every change of an alerts incident (cx.alerts.v1.IncidentChange), keyed by profile id
+    # (the incident's dedup key when it has no person).
+    experience_incidents_topic: str = "cx.experience-incidents.v1"
 
 
 class RedisSettings(BaseSettings):

@@ -28,6 +28,7 @@ def platform_topics(settings: KafkaSettings | None = None) -> list[TopicSpec]:
         s.profile_events_topic,
         s.profile_changes_topic,
         s.decisions_topic,
+        s.experience_incidents_topic,
     )
     return [
         TopicSpec(name, s.kafka_topic_partitions, s.kafka_replication_factor, retention)

@@ -72,6 +72,8 @@ class PrivateStack:
         self.var_dir = var_dir
         kafka_port = free_port(19092, span=2)  # the controller listens on port + 1
         redis_port = free_port(16379)
+        # infra-up starts an Alertmanager too: not on the shared stack's port.
+        alertmanager_port = free_port(19195)
         self.bootstrap = f"127.0.0.1:{kafka_port}"
         self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         self.env = {
@@ -79,6 +81,7 @@ class PrivateStack:
             "CX_VAR_DIR": str(var_dir),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "REDIS_URL": self.redis_url,
+            "ALERTS_ALERTMANAGER_URL": f"http://127.0.0.1:{alertmanager_port}",
             "CX_KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
         }
 

@@ -43,6 +43,7 @@ class IsolatedPipeline:
                 "profile_events_topic": f"{run}.profile-events",
                 "profile_changes_topic": f"{run}.profile-changes",
                 "decisions_topic": f"{run}.decisions",
+                "experience_incidents_topic": f"{run}.experience-incidents",
             }
         )
         self.settings = ProfileSettings(key_prefix=f"{run}:", consumer_group=run)
@@ -57,6 +58,7 @@ class IsolatedPipeline:
             "PROFILE_EVENTS_TOPIC": self.kafka.profile_events_topic,
             "PROFILE_CHANGES_TOPIC": self.kafka.profile_changes_topic,
             "DECISIONS_TOPIC": self.kafka.decisions_topic,
+            "EXPERIENCE_INCIDENTS_TOPIC": self.kafka.experience_incidents_topic,
             "PROFILE_KEY_PREFIX": self.settings.key_prefix,
             "PROFILE_CONSUMER_GROUP": self.settings.consumer_group,
             # Several workers on one host: no fixed metrics port to collide on.

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from services.alerts.settings import AlertsSettings
 from services.common.settings import KafkaSettings, ProcessSettings, RedisSettings
 from services.ingest.settings import IngestSettings
 from services.personalisation.settings import PersonalisationSettings
@@ -24,6 +25,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     IngestSettings,
     ProfileSettings,
     PersonalisationSettings,
+    AlertsSettings,
 )
 # Variables the README documents that no settings class reads, and the file that does.
 READ_ELSEWHERE = {
@@ -37,6 +39,7 @@ READ_ELSEWHERE = {
 WORDED = {
     "PROFILE_ERASURE_SALT": ("generated", ""),
     "PERSONALISATION_PROFILE_ADDRESS": ("this stack's profile port", ""),
+    "ALERTS_PROFILE_ADDRESS": ("this stack's profile port", ""),
 }
 
 
@@ -104,14 +107,18 @@ def test_services_txt_ports_are_the_settings_defaults() -> None:
     fields = environment_variables()
     checked = 0
     for name, port, _module, *options in services_txt():
+        named = {k: v for k, _, v in (option.partition("=") for option in options)}
         if port != "-":
-            # stack.sh lets <NAME>_GRPC_PORT override the port: the setting it stands for.
-            variable = name.upper().replace("-", "_") + "_GRPC_PORT"
+            # stack.sh lets <NAME>_GRPC_PORT (or the variable port= names) override the
+            # port: the setting it stands for.
+            variable = named.get("port") or name.upper().replace("-", "_") + "_GRPC_PORT"
             assert int(port) == fields[variable].default, f"{name}: {port} vs {variable}"
             checked += 1
         for option in options:
             key, _, value = option.partition("=")
-            if key == "metrics":
+            if key == "port":
+                assert port != "-", f"{name}: port= without a port"
+            elif key == "metrics":
                 variable, _, default = value.partition(":")
                 assert int(default) == fields[variable].default, f"{name}: {option}"
                 checked += 1
