@@ -13,11 +13,9 @@ team that lists the rule by name, else the team whose touchpoint pattern matches
 incident's touchpoint most specifically (exact names before `prefix.*` patterns, longer
 prefixes first), else the team that lists the rule's kind, else the default team.
 
-Receivers hold no secrets: a routing key, HMAC secret or Slack webhook URL comes from the
-environment variable the receiver names (`Receiver.resolve`). The shipped receivers point
-at the local sink (`services/alerts/sink.py`, port 9471) and Alertmanager (9095); their
-`local_*` defaults are used only while the URL is on this machine (loopback), so a
-receiver pointed elsewhere without its secret is refused rather than sent a dev key.
+The `[[receiver]]` tables are the notifier's: `services.alerts.domain.receivers` parses
+them (and resolves their secrets from the environment); teams name them, and every name
+a team uses must be a receiver of the file.
 
 Pure apart from reading the file.
 """
@@ -25,34 +23,28 @@ Pure apart from reading the file.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from services.alerts.domain.incidents import KINDS, SEVERITIES
+from services.alerts.domain.receivers import ReceiverSpec, parse_receivers
 from services.common.conditions import RuleConfigError, Spec, _problem, _toml, load_toml
 
 __all__ = [
     "DEFAULT_PATH",
-    "RECEIVER_TYPES",
     "Escalation",
     "Owners",
     "QuietHours",
-    "Receiver",
-    "ResolvedReceiver",
     "Team",
-    "UnresolvedReceiver",
     "load_owners",
     "parse_owners",
     "severity_at_least",
@@ -60,7 +52,6 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config" / "owners.toml"
-RECEIVER_TYPES = ("pagerduty", "alertmanager", "slack", "webhook")
 TOP_LEVEL = ("team", "receiver")
 
 # Team and receiver names: lower case, digits, - and _ (payments, contact-centre,
@@ -69,7 +60,6 @@ TEAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Touchpoint patterns: a touchpoint (checkout.payment), `prefix.*`, or `*`.
 _PART = r"[a-z][a-z0-9_]*"
 TOUCHPOINT_PATTERN_RE = re.compile(rf"^(\*|{_PART}(\.{_PART})*(\.\*)?)$")
-ENV_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 # Rule names, as in rules.toml (services.common.conditions.NAME_RE).
 RULE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -94,16 +84,6 @@ def _specificity(pattern: str) -> tuple[int, int]:
     if pattern.endswith(".*"):
         return (1, len(pattern))
     return (2, len(pattern))
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- the owners as loaded --------------------------------------------------------------
@@ -178,75 +158,15 @@ class Team:
         return self.escalation.to if self.escalation is not None else ()
 
 
-class UnresolvedReceiver(Exception):
-    """A receiver's secret or URL is missing from the environment."""
-
-
-@dataclass(frozen=True)
-class ResolvedReceiver:
-    """A receiver with its URL and secret read from the environment."""
-
-    name: str
-    type: str
-    url: str
-    # PagerDuty's routing key ("" for other types).
-    routing_key: str
-    # The webhook's HMAC secret ("" for other types).
-    secret: str
-
-
-@dataclass(frozen=True)
-class Receiver:
-    name: str
-    type: str  # RECEIVER_TYPES
-    description: str
-    # The URL (PagerDuty's enqueue endpoint, Alertmanager's base URL, the Slack webhook,
-    # the webhook's endpoint) unless `url_env` names a variable that is set.
-    url: str
-    url_env: str = ""
-    # PagerDuty: the routing (integration) key's variable, and the key used while the
-    # URL is loopback and the variable unset.
-    routing_key_env: str = ""
-    local_routing_key: str = ""
-    # Webhook: the HMAC secret's variable, and the secret used while the URL is loopback.
-    secret_env: str = ""
-    local_secret: str = ""
-
-    def resolve(self, environ: Mapping[str, str] | None = None) -> ResolvedReceiver:
-        """The URL and secrets from `environ` (os.environ by default); raises
-        UnresolvedReceiver when a secret is needed and neither set nor local."""
-        env = os.environ if environ is None else environ
-        url = (env.get(self.url_env) if self.url_env else None) or self.url
-        if not url:
-            raise UnresolvedReceiver(f"receiver {self.name!r}: set {self.url_env} (its URL)")
-        local = _is_loopback(url)
-        routing_key = secret = ""
-        if self.type == "pagerduty":
-            routing_key = env.get(self.routing_key_env, "") or (
-                self.local_routing_key if local else ""
-            )
-            if not routing_key:
-                raise UnresolvedReceiver(
-                    f"receiver {self.name!r}: set {self.routing_key_env} (the PagerDuty "
-                    "routing key; the local default is only used on this machine)"
-                )
-        if self.type == "webhook":
-            secret = env.get(self.secret_env, "") or (self.local_secret if local else "")
-            if not secret:
-                raise UnresolvedReceiver(
-                    f"receiver {self.name!r}: set {self.secret_env} (the HMAC secret; the "
-                    "local default is only used on this machine)"
-                )
-        return ResolvedReceiver(self.name, self.type, url, routing_key, secret)
-
-
 @dataclass(frozen=True)
 class Owners:
     # "owners-" and the first 12 hex digits of the SHA-256 of the file.
     version: str
     source: str
     teams: tuple[Team, ...]
-    receivers: Mapping[str, Receiver] = field(hash=False)
+    # Receivers by name, as written (`services.alerts.domain.receivers.resolve` reads
+    # their URLs and secrets from the environment).
+    receivers: Mapping[str, ReceiverSpec] = field(hash=False)
     _teams: Mapping[str, Team] = field(init=False, repr=False, compare=False, hash=False)
     _patterns: tuple[tuple[str, Team], ...] = field(init=False, repr=False, compare=False)
 
@@ -266,7 +186,7 @@ class Owners:
     def team_names(self) -> frozenset[str]:
         return frozenset(self._teams)
 
-    def receiver(self, name: str) -> Receiver | None:
+    def receiver(self, name: str) -> ReceiverSpec | None:
         return self.receivers.get(name)
 
     def route(self, rule: str, kind: str, touchpoint: str, override: str = "") -> Team:
@@ -483,95 +403,6 @@ class TeamSpec(_Strict):
         )
 
 
-# Keys each receiver type needs (besides name, type and url).
-_REQUIRED_KEYS = {"pagerduty": ("routing_key_env",), "webhook": ("secret_env",)}
-_TYPE_KEYS = {
-    "routing_key_env": "pagerduty",
-    "local_routing_key": "pagerduty",
-    "secret_env": "webhook",
-    "local_secret": "webhook",
-}
-
-
-class ReceiverSpec(_Strict):
-    EXAMPLE: ClassVar[str] = '[[receiver]] with name, type = "pagerduty" and url'
-    name: str = Field(None, validate_default=True)
-    type: str = Field(None, validate_default=True)
-    description: str = Field("", description="a string")
-    url: str = Field("", description="a URL (http:// or https://)")
-    url_env: str = Field("", description="an environment variable name")
-    # Slack's webhook URL is its secret: the plan calls its variable webhook_url_env.
-    webhook_url_env: str = Field("", description="an environment variable name")
-    routing_key_env: str = Field("", description="an environment variable name")
-    local_routing_key: str = Field("", description="a string")
-    secret_env: str = Field("", description="an environment variable name")
-    local_secret: str = Field("", description="a string")
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _a_name(cls, value: Any) -> Any:
-        return _name(value, "receiver")
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _a_type(cls, value: Any) -> Any:
-        if value not in RECEIVER_TYPES:
-            raise _invalid(
-                f"type {_toml(value)} is not one of {', '.join(RECEIVER_TYPES)}"
-                if value is not None
-                else f"type is required, one of {', '.join(RECEIVER_TYPES)}"
-            )
-        return value
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _a_url(cls, value: Any) -> Any:
-        if isinstance(value, str) and value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise _invalid(f"url {_toml(value)} must be an http:// or https:// URL")
-        return value
-
-    @field_validator("url_env", "webhook_url_env", "routing_key_env", "secret_env", mode="before")
-    @classmethod
-    def _env(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, str) and value and not ENV_RE.match(value):
-            raise _invalid(
-                f"{info.field_name} {_toml(value)} must be an environment variable name "
-                "(upper case, digits and _)"
-            )
-        return value
-
-    def problem(self) -> str | None:
-        """What is wrong across keys, if anything."""
-        if self.webhook_url_env and self.type != "slack":
-            return "webhook_url_env is for slack receivers (use url_env)"
-        if self.webhook_url_env and self.url_env:
-            return "set url_env or webhook_url_env, not both"
-        for key, kind in _TYPE_KEYS.items():
-            if getattr(self, key) and self.type != kind:
-                return f"{key} is for {kind} receivers, not {self.type}"
-        for key in _REQUIRED_KEYS.get(self.type, ()):
-            if not getattr(self, key):
-                return f"{key} is required for a {self.type} receiver"
-        if not self.url and not (self.url_env or self.webhook_url_env):
-            return "url is required (or url_env, the variable that holds it)"
-        return None
-
-    def receiver(self) -> Receiver:
-        return Receiver(
-            name=self.name,
-            type=self.type,
-            description=self.description,
-            url=self.url,
-            url_env=self.url_env or self.webhook_url_env,
-            routing_key_env=self.routing_key_env,
-            local_routing_key=self.local_routing_key,
-            secret_env=self.secret_env,
-            local_secret=self.local_secret,
-        )
-
-
 # --- errors and loading ------------------------------------------------------------------
 
 
@@ -612,19 +443,7 @@ def parse_owners(document: Mapping[str, Any], source: str, raw: bytes | None = N
         raise RuleConfigError(
             f"{source}: unknown top-level keys {extra}; expected [[team]] and [[receiver]]"
         )
-    receivers: dict[str, Receiver] = {}
-    for index, item in enumerate(_tables(document, "receiver", source)):
-        label = _label("receiver", item, index)
-        try:
-            spec = ReceiverSpec.model_validate(item)
-        except ValidationError as exc:
-            raise RuleConfigError(f"{source}: {_where(label, ReceiverSpec, exc)}") from None
-        problem = spec.problem()
-        if problem:
-            raise RuleConfigError(f"{source}: {label}: {problem}")
-        if spec.name in receivers:
-            raise RuleConfigError(f"{source}: {label}: defined twice")
-        receivers[spec.name] = spec.receiver()
+    receivers = parse_receivers(document.get("receiver"), source)
     if not receivers:
         raise RuleConfigError(f"{source}: no receivers; define at least one [[receiver]]")
 
