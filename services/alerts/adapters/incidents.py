@@ -21,7 +21,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -146,6 +146,8 @@ class IncidentStoreLike(Protocol):
     def get_silence(self, silence_id: str) -> SilenceRecord | None: ...
     def expire_silence(self, silence_id: str, now_ms: int) -> SilenceRecord: ...
     def record_delivery(self, incident_id: str, delivery: Delivery) -> bool: ...
+    def outbox_tail(self) -> str: ...
+    def read_outbox(self, after: str, block_ms: int, count: int = 100) -> list[OutboxEntry]: ...
 
 
 class _Commit:
@@ -185,8 +187,16 @@ class _Commit:
 class IncidentStore:
     """Incidents in Redis (see the module doc). Thread-safe: no state but the client."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key_prefix: str,
+        new_id: Callable[[int], str] = new_incident_id,
+        new_silence: Callable[[int], str] = new_silence_id,
+    ) -> None:
         self.client = client
+        self.new_id = new_id
+        self.new_silence = new_silence
         self.keys = AlertKeys(key_prefix)
         self._read = client.register_script(lua_script("read.lua"))
         self._commit = client.register_script(lua_script("commit.lua"))
@@ -317,7 +327,7 @@ class IncidentStore:
         for attempt in range(MAX_ATTEMPTS):
             c = _Commit()
             view = self._view(t, c)
-            plan = plan_trigger(t, view, new_incident_id(t.now_ms))
+            plan = plan_trigger(t, view, self.new_id(t.now_ms))
             assert plan.result is not None
             if plan.result.change == "DUPLICATE":
                 return plan.result
@@ -429,7 +439,7 @@ class IncidentStore:
                 plan = Plan(unschedule=(member,))
             else:
                 t = replace(trigger_from_json(raw.decode()), now_ms=now_ms, sla_due_ms=None)
-                plan = plan_trigger(t, self._view(t, c), new_incident_id(now_ms), from_timer=True)
+                plan = plan_trigger(t, self._view(t, c), self.new_id(now_ms), from_timer=True)
             self._add_writes(plan, c, now_ms)
             if self._run(c):
                 return plan.after.incident_id if plan.after is not None else None
@@ -510,7 +520,7 @@ class IncidentStore:
         """Stores a new silence (a new id; starts now when `starts_at_ms` is 0)."""
         record = replace(
             silence,
-            silence_id=new_silence_id(now_ms),
+            silence_id=self.new_silence(now_ms),
             starts_at_ms=silence.starts_at_ms or now_ms,
         )
         check_silence(record, now_ms)
@@ -584,8 +594,10 @@ class IncidentStore:
         return as_text(raw[0][0]) if raw else "0-0"
 
     def read_outbox(self, after: str, block_ms: int, count: int = 100) -> list[OutboxEntry]:
-        """Entries after `after`, waiting up to `block_ms` for one (XREAD BLOCK)."""
-        reply: Any = self.client.xread({self.keys.outbox: after}, count=count, block=block_ms)
+        """Entries after `after`, waiting up to `block_ms` for one (XREAD BLOCK; 0: no
+        wait)."""
+        block = block_ms if block_ms > 0 else None
+        reply: Any = self.client.xread({self.keys.outbox: after}, count=count, block=block)
         out: list[OutboxEntry] = []
         for _stream, entries in reply or []:
             out.extend(decode_outbox_entry(entry_id, fields) for entry_id, fields in entries)
@@ -599,7 +611,13 @@ class MemoryIncidentStore:
     """The store's semantics on dictionaries (the same plans), for unit tests. The
     outbox is a list of decoded entries with ids `<ms>-<n>`."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        new_id: Callable[[int], str] = new_incident_id,
+        new_silence: Callable[[int], str] = new_silence_id,
+    ) -> None:
+        self.new_id = new_id
+        self.new_silence = new_silence
         self.incidents: dict[str, IncidentRecord] = {}
         self.open: dict[str, str] = {}
         self.seen: dict[tuple[str, str], str] = {}
@@ -609,6 +627,7 @@ class MemoryIncidentStore:
         self.deliveries: dict[str, dict[tuple[str, str], Delivery]] = {}
         self.outbox: list[OutboxEntry] = []
         self._lock = threading.RLock()
+        self._appended = threading.Condition(self._lock)
         self._seq = 0
 
     def _view(self, t: Trigger) -> TriggerView:
@@ -656,6 +675,7 @@ class MemoryIncidentStore:
                         message,
                     )
                 )
+                self._appended.notify_all()
         for member, due in plan.schedule:
             self.timers[member] = due
         for member in plan.unschedule:
@@ -680,7 +700,7 @@ class MemoryIncidentStore:
     def trigger(self, t: Trigger) -> TriggerResult:
         check_trigger(t)
         with self._lock:
-            plan = plan_trigger(t, self._view(t), new_incident_id(t.now_ms))
+            plan = plan_trigger(t, self._view(t), self.new_id(t.now_ms))
             assert plan.result is not None
             if plan.result.change != "DUPLICATE":
                 self._apply(plan, t.now_ms)
@@ -726,7 +746,7 @@ class MemoryIncidentStore:
                     plan = plan_escalate(self.incidents[subject], now_ms)
                 elif kind == SLA and subject in self.pending:
                     t = replace(self.pending[subject], now_ms=now_ms, sla_due_ms=None)
-                    plan = plan_trigger(t, self._view(t), new_incident_id(now_ms), from_timer=True)
+                    plan = plan_trigger(t, self._view(t), self.new_id(now_ms), from_timer=True)
                 self._apply(plan, now_ms)
                 self.timers.pop(member, None)
                 if plan.after is not None:
@@ -771,7 +791,7 @@ class MemoryIncidentStore:
     def create_silence(self, silence: SilenceRecord, now_ms: int) -> SilenceRecord:
         record = replace(
             silence,
-            silence_id=new_silence_id(now_ms),
+            silence_id=self.new_silence(now_ms),
             starts_at_ms=silence.starts_at_ms or now_ms,
         )
         check_silence(record, now_ms)
@@ -807,3 +827,21 @@ class MemoryIncidentStore:
                 delivery
             )
             return True
+
+    def outbox_tail(self) -> str:
+        with self._lock:
+            return self.outbox[-1].entry_id if self.outbox else "0-0"
+
+    def read_outbox(self, after: str, block_ms: int, count: int = 100) -> list[OutboxEntry]:
+        def newer() -> list[OutboxEntry]:
+            mark = _entry_order(after)
+            return [e for e in self.outbox if _entry_order(e.entry_id) > mark][:count]
+
+        with self._lock:
+            self._appended.wait_for(lambda: bool(newer()), timeout=block_ms / 1000)
+            return newer()
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -168,15 +168,15 @@ def decode_outbox_entry(entry_id: bytes | str, fields: Mapping[Any, Any]) -> Out
     """An entry as XREAD / XREADGROUP return it (bytes keys and values)."""
     raw = {as_text(k): v for k, v in fields.items()}
     incident = raw.get("incident", b"")
+    if not isinstance(incident, bytes):
+        raise TypeError("outbox entries are read as bytes (a client without decode_responses)")
     return OutboxEntry(
         entry_id=as_text(entry_id),
         change=as_text(raw.get("change", b"")),
         page=as_text(raw.get("page", b"0")) == "1",
         incident_id=as_text(raw.get("incident_id", b"")),
         version=int(as_text(raw.get("version", b"0")) or 0),
-        message=pb.IncidentChange.FromString(
-            incident if isinstance(incident, bytes) else incident.encode("latin-1")
-        ),
+        message=pb.IncidentChange.FromString(incident),
     )
 
 
