@@ -23,6 +23,7 @@ from services.alerts.domain.incidents import (
     GROUPED,
     OPENED,
     SCHEDULED,
+    STATES,
     UPDATED,
     Delivery,
     EvidenceItem,
@@ -507,6 +508,8 @@ class RecordingKeys(AlertKeys):
     def __init__(self, prefix: str) -> None:
         super().__init__(prefix)
         self.made: set[str] = {self.incidents, self.timers, self.silences, self.outbox}
+        # Another store under the prefix (a server's) may move incidents between states.
+        self.made.update(AlertKeys.state(self, s) for s in STATES)
 
     def __getattribute__(self, name: str) -> Any:
         value = super().__getattribute__(name)
