@@ -376,7 +376,7 @@ class FilteredAction(_message.Message):
     stage: Global___Stage.ValueType
     policy: _builtins.str
     """The policy that removed it, for example `suitability:open_complaint`,
-    `consent:marketing_email` or `contact:kind.upsell.max_impressions`.
+    `consent:marketing_email` or `contact:kind.max_impressions`.
     """
     reason: _builtins.str
     @_builtins.property
