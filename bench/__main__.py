@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from bench import ingest, profile
+from bench import ingest, personalisation, profile
 
 
 def main() -> None:
     ingest.run()
     profile.run()
+    personalisation.run()
 
 
 if __name__ == "__main__":
