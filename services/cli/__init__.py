@@ -2,6 +2,8 @@
 
 - `cx events send FILE`: JSON-lines touchpoint events through ingestion.
 - `cx nba decide | outcome | actions`: the personalisation service's next best actions.
+- `cx alerts list | show | ack | resolve | watch | silence add|list|expire`: experience
+  incidents and silences, from the alerts service.
 
 Exit codes: 0 done, 1 a failed call or rejected input, 2 a usage error or a request the
 service called invalid (`cx events send` keeps 2 for any failed ingest call).
@@ -13,7 +15,7 @@ import sys
 
 import typer
 
-from services.cli import events, nba
+from services.cli import alerts, events, nba
 
 app = typer.Typer(
     name="cx",
@@ -26,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(events.app, name="events")
 app.add_typer(nba.app, name="nba")
+app.add_typer(alerts.app, name="alerts")
 
 
 def main(argv: list[str] | None = None) -> int:
