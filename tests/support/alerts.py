@@ -475,6 +475,23 @@ class StoreContract:
         with pytest.raises(ValueError, match="state"):
             store.list_incidents(states=["open"])
 
+    def test_purge_resolved_keeps_open_incidents(self, store: Store) -> None:
+        for i in range(3):
+            store.trigger(make_trigger(f"e{i}", profile_id=f"p{i}"))
+        store.resolve("inc-0001", "alice", "", NOW + 1000)
+        store.resolve("inc-0002", "alice", "", NOW + 5000)
+        assert store.purge_resolved(NOW + 2000) == 1
+        assert store.get("inc-0001") is None
+        assert [i.incident_id for i in store.list_incidents().incidents] == [
+            "inc-0002",
+            "inc-0003",
+        ]
+        assert store.list_incidents(states=["resolved"]).total == 1
+        assert store.list_incidents(profile_id="p0").total == 0
+        assert store.purge_resolved(NOW + 2000) == 0
+        assert store.purge_resolved(NOW + HOUR_MS) == 1
+        assert store.get("inc-0003") is not None
+
     # --- deliveries -----------------------------------------------------------------------
 
     def test_deliveries_are_recorded_without_a_change(self, store: Store) -> None:

@@ -146,6 +146,7 @@ class IncidentStoreLike(Protocol):
     def get_silence(self, silence_id: str) -> SilenceRecord | None: ...
     def expire_silence(self, silence_id: str, now_ms: int) -> SilenceRecord: ...
     def record_delivery(self, incident_id: str, delivery: Delivery) -> bool: ...
+    def purge_resolved(self, before_ms: int, limit: int = 500) -> int: ...
     def outbox_tail(self) -> str: ...
     def read_outbox(self, after: str, block_ms: int, count: int = 100) -> list[OutboxEntry]: ...
 
@@ -514,6 +515,31 @@ class IncidentStore:
             next_token = _page_token(last.updated_at_ms, last.incident_id)
         return IncidentPage([incident_message(r) for r in records], next_token, total)
 
+    def purge_resolved(self, before_ms: int, limit: int = 500) -> int:
+        """Deletes incidents resolved (last changed) before `before_ms`, at most `limit`,
+        with their index entries; how many went. Open incidents are never purged."""
+        k = self.keys
+        old: Any = self.client.zrangebyscore(k.incidents, "-inf", f"({before_ms}", 0, limit)
+        purged = 0
+        for raw in old:
+            record = self._record_of(as_text(raw))
+            c = _Commit()
+            if record is None:
+                c.write("ZREM", k.incidents, as_text(raw))
+            elif record.is_open:
+                continue
+            else:
+                c.guard("hf", k.incident(record.incident_id), "version", str(record.version))
+                c.write("DEL", k.incident(record.incident_id))
+                c.write("ZREM", k.incidents, record.incident_id)
+                for index in (k.state(record.state), k.team(record.team), k.rule(record.rule)):
+                    c.write("SREM", index, record.incident_id)
+                if record.profile_id:
+                    c.write("SREM", k.pid(record.profile_id), record.incident_id)
+            if self._run(c) and record is not None:
+                purged += 1
+        return purged
+
     # --- silences ---------------------------------------------------------------------
 
     def create_silence(self, silence: SilenceRecord, now_ms: int) -> SilenceRecord:
@@ -787,6 +813,21 @@ class MemoryIncidentStore:
             if len(ids) > size and page:
                 token = _page_token(page[-1].updated_at_ms, page[-1].incident_id)
             return IncidentPage([self._message(r) for r in page], token, len(chosen))
+
+    def purge_resolved(self, before_ms: int, limit: int = 500) -> int:
+        with self._lock:
+            old = sorted(
+                (r.updated_at_ms, r.incident_id)
+                for r in self.incidents.values()
+                if r.updated_at_ms < before_ms
+            )[:limit]
+            purged = 0
+            for _, incident_id in old:
+                if not self.incidents[incident_id].is_open:
+                    del self.incidents[incident_id]
+                    self.deliveries.pop(incident_id, None)
+                    purged += 1
+            return purged
 
     def create_silence(self, silence: SilenceRecord, now_ms: int) -> SilenceRecord:
         record = replace(
