@@ -170,6 +170,33 @@ def complaint(
     )
 
 
+def incident(
+    day: float,
+    incident_id: str,
+    state: ev.ExperienceIncident.State.ValueType,
+    *,
+    severity: str = "critical",
+    rule: str = "detractor_nps",
+    **kw: Any,
+) -> ev.TouchpointEvent:
+    """An alerts incident about the person changed, as the alerts notifier reports it."""
+    e = event(
+        day,
+        channel=ev.CHANNEL_OTHER,
+        stage=ev.JOURNEY_STAGE_SUPPORT,
+        experience_incident=ev.ExperienceIncident(
+            incident_id=incident_id,
+            rule=rule,
+            state=state,
+            severity=severity,
+            incident_touchpoint="survey.nps",
+        ),
+        **kw,
+    )
+    e.touchpoint, e.source_system = "alerts.incident", "cx-alerts"
+    return e
+
+
 def contact(
     day: float, contact_id: str, reason: str, *, resolved: bool = True
 ) -> ev.TouchpointEvent:
@@ -341,6 +368,29 @@ def recent_complaint(minutes: float, **ids: str) -> ev.TouchpointEvent:
             status=ev.Complaint.STATUS_OPENED,
             severity=ev.Complaint.SEVERITY_HIGH,
             category="delivery",
+        )
+    )
+    return e
+
+
+def recent_incident(
+    minutes: float,
+    incident_id: str,
+    state: ev.ExperienceIncident.State.ValueType,
+    severity: str = "critical",
+    **ids: str,
+) -> ev.TouchpointEvent:
+    """An alerts incident about the person changed, as the alerts notifier reports it."""
+    e = recent_event(minutes, **ids)
+    e.channel, e.touchpoint, e.source_system = ev.CHANNEL_OTHER, "alerts.incident", "cx-alerts"
+    e.journey_stage = ev.JOURNEY_STAGE_SUPPORT
+    e.experience_incident.CopyFrom(
+        ev.ExperienceIncident(
+            incident_id=incident_id,
+            rule="detractor_nps",
+            state=state,
+            severity=severity,
+            incident_touchpoint="survey.nps",
         )
     )
     return e

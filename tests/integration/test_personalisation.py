@@ -23,6 +23,7 @@ from services.personalisation.server import CATALOGUE_HEALTH_NAME
 from tests.factories import (
     recent_complaint,
     recent_consent,
+    recent_incident,
     recent_login,
     recent_order,
     recent_page,
@@ -71,6 +72,14 @@ def customer(nba: PersonalisationHarness, *extra: ev.TouchpointEvent, consent: b
     nba.track(events)
     nba.wait_for_profile(pb.IDENTIFIER_TYPE_CUSTOMER_ID, cid, events=len(events))
     return cid
+
+
+def track_and_wait(nba: PersonalisationHarness, cid: str, event: ev.TouchpointEvent) -> None:
+    """Tracks one more event of the customer's and waits until the profile applied it."""
+    profile = nba.profile(pb.IDENTIFIER_TYPE_CUSTOMER_ID, cid)
+    assert profile is not None
+    nba.track([event])
+    nba.wait_for_profile(pb.IDENTIFIER_TYPE_CUSTOMER_ID, cid, events=profile.activity.events + 1)
 
 
 def competing_placements(catalogue: Catalogue) -> list[tuple[str, str]]:
@@ -217,6 +226,65 @@ def test_an_open_complaint_suppresses_every_upsell_and_ranks_recovery_first(
     after = nba.decide("web.home.hero", ev.CHANNEL_WEB, customer_id=cid, max_actions=3)
     assert "open_complaint" not in after.experience_signals
     assert not [f for f in after.filtered if f.stage == npb.STAGE_SUITABILITY]
+
+
+def test_an_open_incident_ranks_recovery_first_until_it_is_resolved(
+    nba: PersonalisationHarness, catalogue: Catalogue
+) -> None:
+    """The alerts service reports an incident about the person as an ExperienceIncident
+    event; the profile counts it in open_incidents, which the catalogue's open_incident
+    suitability rule reads through GetFeatures, like an open complaint."""
+    cid = customer(nba)
+    before = nba.decide("web.home.hero", ev.CHANNEL_WEB, customer_id=cid, max_actions=3)
+    assert not before.experience_signals
+    assert before.actions[0].kind != RECOVERY
+
+    incident_id = f"inc-{uuid.uuid4().hex[:10]}"
+    track_and_wait(
+        nba,
+        cid,
+        recent_incident(40, incident_id, ev.ExperienceIncident.STATE_OPENED, customer_id=cid),
+    )
+    reply = nba.decide("web.home.hero", ev.CHANNEL_WEB, customer_id=cid, max_actions=3)
+    assert "open_incident" in reply.experience_signals, str(reply)[-600:]
+    kinds = [a.kind for a in reply.actions]
+    assert kinds[0] == RECOVERY, kinds
+    assert not SELLING & set(kinds), kinds
+    assert "suitability.recovery_first" in {r.code for r in reply.actions[0].reasons}
+    held = [f for f in reply.filtered if f.stage == npb.STAGE_SUITABILITY]
+    assert held
+    assert all(f.kind in SELLING for f in held), held
+    assert "suitability:open_incident" in {f.policy for f in held}
+    # Every placement where recovery and selling compete.
+    for placement, channel in competing_placements(catalogue):
+        other = nba.decide(placement, CHANNELS[channel], customer_id=cid, max_actions=3)
+        assert "open_incident" in other.experience_signals, placement
+        assert not SELLING & {a.kind for a in other.actions}, placement
+
+    # Acknowledged is still open; resolved lifts it.
+    track_and_wait(
+        nba,
+        cid,
+        recent_incident(41, incident_id, ev.ExperienceIncident.STATE_ACKNOWLEDGED, customer_id=cid),
+    )
+    acknowledged = nba.decide("web.home.hero", ev.CHANNEL_WEB, customer_id=cid, max_actions=3)
+    assert "open_incident" in acknowledged.experience_signals
+    track_and_wait(
+        nba,
+        cid,
+        recent_incident(42, incident_id, ev.ExperienceIncident.STATE_RESOLVED, customer_id=cid),
+    )
+    after = nba.decide("web.home.hero", ev.CHANNEL_WEB, customer_id=cid, max_actions=3)
+    assert "open_incident" not in after.experience_signals
+    assert not after.experience_signals
+    assert not [f for f in after.filtered if f.stage == npb.STAGE_SUITABILITY]
+    # Selling is back: chosen, or held back only by the contact caps the decisions above
+    # used up.
+    selling = [a.kind for a in after.actions if a.kind in SELLING]
+    capped = [
+        f.kind for f in after.filtered if f.kind in SELLING and f.stage == npb.STAGE_CONTACT_POLICY
+    ]
+    assert selling or capped, str(after)[-600:]
 
 
 def test_consent_withdrawal_takes_effect_on_the_next_decision(

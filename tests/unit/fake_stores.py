@@ -41,6 +41,7 @@ def stored_profile(
         contacts={member: float(score) for member, score in raw["contacts"]},
         outbox=[] if outbox is None else list(outbox),
         touchpoints=raw["touchpoints"] if outbox is None else {},
+        incidents=raw["incidents"],
     )
 
 

@@ -141,8 +141,10 @@ def test_the_shipped_rules_and_policies() -> None:
     # What a decision must fetch: the profile fields the rules read, not request fields.
     read = catalogue.fields_read()
     assert {"open_complaints", "payment_failure_open", "delivery_problem_open"} <= read
+    # open_incidents is the profile's (the alerts service's incidents about the person).
+    assert "open_incidents" in read
     assert all(name in profile_fields() for name in read), read
-    assert not read & {"hour", "placement", "open_incidents", "context.cart_size"}
+    assert not read & {"hour", "placement", "context.cart_size"}
 
 
 def test_channels_and_purposes_come_from_the_enums() -> None:
@@ -642,6 +644,7 @@ def test_fields_read_lists_the_profile_fields_the_rules_read() -> None:
         "churn_risk",
         "open_complaints",
         "consent.marketing_email",
+        "open_incidents",
     }
 
 

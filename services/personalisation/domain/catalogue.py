@@ -139,8 +139,6 @@ REQUEST_FIELDS = frozenset(
         "context.locale",
         "context.page",
         "context.cart_size",
-        # Open incidents that affect the person (the alerts service will provide it).
-        "open_incidents",
     }
 )
 DECISION_PREFIXES = ("traits.", "consent.", SEGMENT_PREFIX, "context.attributes.")
@@ -301,7 +299,7 @@ class Catalogue:
 
     def fields_read(self) -> frozenset[str]:
         """The profile fields that eligibility, context and suitability rules read: what a
-        decision must fetch (request fields, segments and open_incidents are not)."""
+        decision must fetch (request fields and segments are not)."""
         rules = [s.rule for s in self.suitability]
         for action in self.actions:
             if action.eligibility is not None:
@@ -317,17 +315,18 @@ class Catalogue:
 @functools.cache
 def decision_fields() -> FieldCatalog:
     """What catalogue conditions may test: the profile's fields (`profile_fields()`:
-    derived fields, `traits.<key>`, `consent.<purpose>`), `segment.<name>` (True when the
-    person is in the segment), the request's `placement`, `channel` (lower case), `hour`
-    (0-23 UTC), `weekday` (0 = Monday), `context.device`, `context.locale`,
-    `context.page`, `context.cart_size` (int), `context.attributes.<key>`, and
-    `open_incidents` (int)."""
+    derived fields, `traits.<key>`, `consent.<purpose>`; among the derived fields
+    `open_incidents`, the alerts service's incidents about the person not yet resolved),
+    `segment.<name>` (True when the person is in the segment), the request's `placement`,
+    `channel` (lower case), `hour` (0-23 UTC), `weekday` (0 = Monday), `context.device`,
+    `context.locale`, `context.page`, `context.cart_size` (int) and
+    `context.attributes.<key>`."""
     return FieldCatalog(
         profile_fields().names | REQUEST_FIELDS,
         DECISION_PREFIXES,
         "profile fields, traits.<key>, consent.<purpose>, segment.<name>, placement, "
         "channel, hour, weekday, context.<device|locale|page|cart_size>, "
-        "context.attributes.<key> or open_incidents",
+        "context.attributes.<key>",
     )
 
 

@@ -6,7 +6,7 @@ names as constants rendered in front of their shared prelude when they are regis
 (`lua_script`); the value formats they write themselves (latest values, lineage, merge
 records, the erasure digest's input) are commented there with the codec here that reads
 them. The sub-maps the domain's operations write and the values it packs into them
-(consent, complaints, contacts, the snapshot's segment list) are defined by the domain
+(consent, complaints, incidents, contacts, the snapshot's segment list) are defined by the domain
 in `services/profile/domain/codec.py`, so that it need not import the adapters, and
 re-exported here. Anything changed here changes data at rest.
 
@@ -15,7 +15,7 @@ Keys (prefix `cx:` by default, `PROFILE_KEY_PREFIX`):
   p:{id}:ids           hash: identifier member "t:value" (t: a code of
                        services/common/identifiers.py) -> lineage of its link
                        "<event id>|<ts ms>|<source system>"
-  p:{id}:traits|consent|complaints   hashes of "<ts_ms>|<value>", latest wins
+  p:{id}:traits|consent|complaints|incidents   hashes of "<ts_ms>|<value>", latest wins
   p:{id}:contacts      sorted set of support contacts "<id>|<reason>|<resolved 1/0>" by time
   p:{id}:touchpoints   hash: events per touchpoint
   p:{id}:events        sorted set of the profile's stored events (protobuf) by time
@@ -36,7 +36,8 @@ Main hash fields: `c:<name>` sum, `mn:<name>` minimum, `mx:<name>` maximum,
 `l:<name>` latest "<ts_ms>|<value>", `s:<name>` the snapshot last published as change
 events (`s:segments` is a comma-separated list). Values inside the latest-wins hashes:
 consent "<granted 1/0>|<source system>|<event id>", complaints
-"<lifecycle rank>|<status>|<severity>|<category>", traits JSON (domain/codec.py).
+"<lifecycle rank>|<status>|<severity>|<category>", incidents
+"<lifecycle rank>|<state>|<severity>|<rule>", traits JSON (domain/codec.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from services.profile.domain.codec import COMPLAINTS as COMPLAINTS
 from services.profile.domain.codec import CONSENT as CONSENT
 from services.profile.domain.codec import CONTACTS as CONTACTS
 from services.profile.domain.codec import COUNTER_HASHES as COUNTER_HASHES
+from services.profile.domain.codec import INCIDENTS as INCIDENTS
 from services.profile.domain.codec import LATEST_HASHES as LATEST_HASHES
 from services.profile.domain.codec import SEGMENTS as SEGMENTS
 from services.profile.domain.codec import SORTED_SETS as SORTED_SETS
@@ -60,14 +62,17 @@ from services.profile.domain.codec import TOUCHPOINTS as TOUCHPOINTS
 from services.profile.domain.codec import TRAITS as TRAITS
 from services.profile.domain.codec import ComplaintValue as ComplaintValue
 from services.profile.domain.codec import ConsentValue as ConsentValue
+from services.profile.domain.codec import IncidentValue as IncidentValue
 from services.profile.domain.codec import contact_member as contact_member
 from services.profile.domain.codec import decode_complaint as decode_complaint
 from services.profile.domain.codec import decode_consent as decode_consent
 from services.profile.domain.codec import decode_contact as decode_contact
+from services.profile.domain.codec import decode_incident as decode_incident
 from services.profile.domain.codec import decode_segment_list as decode_segment_list
 from services.profile.domain.codec import encode_complaint as encode_complaint
 from services.profile.domain.codec import encode_consent as encode_consent
 from services.profile.domain.codec import encode_contact as encode_contact
+from services.profile.domain.codec import encode_incident as encode_incident
 from services.profile.domain.codec import encode_segment_list as encode_segment_list
 from services.profile.domain.state import Latest, ProfileState
 
@@ -291,11 +296,12 @@ class StoredProfile:
     contacts: dict[str, float]
     outbox: list[dict[str, Any]] = field(default_factory=list)
     touchpoints: dict[str, str] = field(default_factory=dict)
+    incidents: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_reply(cls, raw: Sequence[Any]) -> StoredProfile:
         """One profile of apply.lua's reply: {pid, main, ids, traits, consent,
-        complaints, contacts, outbox}, each flat as Redis returns it."""
+        complaints, contacts, outbox, incidents}, each flat as Redis returns it."""
         return cls(
             profile_id=as_text(raw[0]),
             main=pairs(raw[1]),
@@ -305,6 +311,7 @@ class StoredProfile:
             complaints=pairs(raw[5]),
             contacts=scored(raw[6]),
             outbox=[decode_signal(item) for item in items(raw[7])],
+            incidents=pairs(raw[8]) if len(raw) > 8 else {},
         )
 
     def state(self) -> ProfileState:
@@ -315,6 +322,7 @@ class StoredProfile:
             traits=self.traits,
             consent=self.consent,
             complaints=self.complaints,
+            incidents=self.incidents,
             contacts=self.contacts,
             touchpoints=self.touchpoints,
         )
@@ -328,6 +336,7 @@ def state_from_redis(
     traits: Mapping[str, str] | None = None,
     consent: Mapping[str, str] | None = None,
     complaints: Mapping[str, str] | None = None,
+    incidents: Mapping[str, str] | None = None,
     contacts: Mapping[str, float] | None = None,
     touchpoints: Mapping[str, str] | None = None,
 ) -> ProfileState:
@@ -348,6 +357,7 @@ def state_from_redis(
     state.traits = {k: decode_latest(v) for k, v in (traits or {}).items()}
     state.consent = {k: decode_latest(v) for k, v in (consent or {}).items()}
     state.complaints = {k: decode_latest(v) for k, v in (complaints or {}).items()}
+    state.incidents = {k: decode_latest(v) for k, v in (incidents or {}).items()}
     state.touchpoints = {k: int(v) for k, v in (touchpoints or {}).items()}
     state.contacts = sorted(
         (decode_contact(member, score) for member, score in (contacts or {}).items()),
@@ -375,6 +385,7 @@ def state_to_redis(state: ProfileState) -> dict[str, Any]:
         TRAITS: packed(state.traits),
         CONSENT: packed(state.consent),
         COMPLAINTS: packed(state.complaints),
+        INCIDENTS: packed(state.incidents),
         TOUCHPOINTS: {k: str(v) for k, v in state.touchpoints.items()},
         CONTACTS: [[contact_member(c), c.ts_ms] for c in state.contacts],
     }

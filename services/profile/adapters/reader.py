@@ -15,8 +15,12 @@ from redis.client import Pipeline
 
 from services.common.heartbeat import alive
 from services.profile.adapters.layout import (
+    COMPLAINTS,
+    CONSENT,
     FOLLOW_HOPS,
+    INCIDENTS,
     LATEST_HASHES,
+    TRAITS,
     Keys,
     Lineage,
     StoredProfile,
@@ -100,19 +104,21 @@ class ProfileReader:
     def _loaded(pid: str, replies: Sequence[Any]) -> LoadedProfile | None:
         """The profile of `_queue_load`'s replies; None when it has no identifiers (it
         does not exist, was merged away or erased)."""
-        main, ids, traits, consent, complaints, contacts, touchpoints = replies
+        main, ids, *latest, contacts, touchpoints = replies
         if not ids:
             return None
         links = text_map(ids)
+        hashes = {sub: text_map(raw) for sub, raw in zip(LATEST_HASHES, latest, strict=True)}
         stored = StoredProfile(
             pid,
             text_map(main),
             set(links),
-            text_map(traits),
-            text_map(consent),
-            text_map(complaints),
+            hashes[TRAITS],
+            hashes[CONSENT],
+            hashes[COMPLAINTS],
             {as_text(m): float(s) for m, s in contacts},
             touchpoints=text_map(touchpoints),
+            incidents=hashes[INCIDENTS],
         )
         return LoadedProfile(stored, [decode_lineage(m, links[m]) for m in sorted(links)])
 

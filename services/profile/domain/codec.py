@@ -8,7 +8,8 @@ and each format is written once. Anything changed here changes data at rest.
 
 Values inside the latest-wins hashes (each stored as "<ts_ms>|<value>" by the store):
 consent "<granted 1/0>|<source system>|<event id>", complaints
-"<lifecycle rank>|<status>|<severity>|<category>", traits JSON. Contacts are members
+"<lifecycle rank>|<status>|<severity>|<category>", incidents
+"<lifecycle rank>|<state>|<severity>|<rule>", traits JSON. Contacts are members
 "<id>|<reason>|<resolved 1/0>" of a sorted set scored by time.
 """
 
@@ -23,10 +24,12 @@ from services.profile.domain.state import Contact
 TRAITS = "traits"
 CONSENT = "consent"
 COMPLAINTS = "complaints"
+# The alerts service's incidents about the person (ExperienceIncident events).
+INCIDENTS = "incidents"
 CONTACTS = "contacts"
 TOUCHPOINTS = "touchpoints"
 # Hashes of "<ts_ms>|<value>", latest wins (the `h` op's targets).
-LATEST_HASHES = (TRAITS, CONSENT, COMPLAINTS)
+LATEST_HASHES = (TRAITS, CONSENT, COMPLAINTS, INCIDENTS)
 # Counter hashes (`hc`) and sorted sets scored by event time (`z`) that ops write.
 COUNTER_HASHES = (TOUCHPOINTS,)
 SORTED_SETS = (CONTACTS,)
@@ -75,6 +78,24 @@ def encode_complaint(rank: int, status: str, severity: str, category: str) -> st
 def decode_complaint(value: str) -> ComplaintValue:
     rank, status, severity, category = [*value.split("|", 3), "", "", ""][:4]
     return ComplaintValue(rank, status, severity, category)
+
+
+class IncidentValue(NamedTuple):
+    # The lifecycle rank leads, as for complaints: of two changes in one millisecond the
+    # later state (resolved over acknowledged over opened) wins the latest-value rule.
+    rank: str
+    state: str
+    severity: str
+    rule: str
+
+
+def encode_incident(rank: int, state: str, severity: str, rule: str) -> str:
+    return f"{rank}|{state}|{severity}|{rule}"
+
+
+def decode_incident(value: str) -> IncidentValue:
+    rank, state, severity, rule = [*value.split("|", 3), "", "", ""][:4]
+    return IncidentValue(rank, state, severity, rule)
 
 
 def encode_contact(contact_id: str, reason: str, resolved: bool) -> str:

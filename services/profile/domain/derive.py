@@ -19,7 +19,7 @@ from cx.events.v1 import touchpoint_pb2 as ev
 from services.common.conditions import FieldValue as FieldValue
 from services.common.experience import CSAT_SATISFIED_FROM, on_scale
 from services.common.experience import nps_category as nps_category
-from services.profile.domain.codec import decode_complaint, decode_consent
+from services.profile.domain.codec import decode_complaint, decode_consent, decode_incident
 from services.profile.domain.effects import CHANNEL_NAMES
 from services.profile.domain.state import ProfileState
 
@@ -30,6 +30,8 @@ PAYLOAD_NAMES = tuple(
 )
 CHANNELS = tuple(sorted(set(CHANNEL_NAMES.values())))
 OPEN_COMPLAINT_STATUSES = frozenset({"opened", "updated", "escalated"})
+# An incident is open until the alerts service resolves it (acknowledged is still open).
+CLOSED_INCIDENT_STATES = frozenset({"resolved"})
 SEVERITY_ORDER = ("unspecified", "low", "medium", "high", "critical")
 # Payloads that show interest in buying before a first order.
 CONSIDERATION_TYPES = ("product_view", "cart_change", "payment_failed")
@@ -175,6 +177,9 @@ class CxMetrics:
     open_complaints: int
     open_complaint_ids: tuple[str, ...]
     open_complaint_max_severity: str | None
+    # The alerts service's incidents about the person that are not resolved.
+    open_incidents: int
+    open_incident_ids: tuple[str, ...]
     support_contacts: int
     support_contacts_7d: int
     support_contacts_30d: int
@@ -312,6 +317,14 @@ def _complaints(state: ProfileState) -> tuple[list[str], str | None]:
     return open_ids, worst
 
 
+def _open_incidents(state: ProfileState) -> list[str]:
+    out = []
+    for incident_id, latest in sorted(state.incidents.items()):
+        if decode_incident(latest.value).state not in CLOSED_INCIDENT_STATES:
+            out.append(incident_id)
+    return out
+
+
 def _consent(state: ProfileState) -> dict[str, bool]:
     return {purpose: decode_consent(item.value).granted for purpose, item in state.consent.items()}
 
@@ -345,6 +358,7 @@ def _cx(state: ProfileState, now_ms: int, config: DeriveConfig) -> CxMetrics:
             repeats += 1
         seen_reasons.add(c.reason)
     open_ids, worst = _complaints(state)
+    incidents = _open_incidents(state)
     return CxMetrics(
         csat_count=csat_count,
         csat_last=state.latest_number("csat"),
@@ -366,6 +380,8 @@ def _cx(state: ProfileState, now_ms: int, config: DeriveConfig) -> CxMetrics:
         open_complaints=len(open_ids),
         open_complaint_ids=tuple(open_ids),
         open_complaint_max_severity=worst,
+        open_incidents=len(incidents),
+        open_incident_ids=tuple(incidents),
         support_contacts=state.count("support_contacts"),
         support_contacts_7d=len(week),
         support_contacts_30d=len(month),

@@ -29,11 +29,13 @@ from services.profile.domain.codec import (
     COMPLAINTS,
     CONSENT,
     CONTACTS,
+    INCIDENTS,
     TOUCHPOINTS,
     TRAITS,
     encode_complaint,
     encode_consent,
     encode_contact,
+    encode_incident,
 )
 from services.profile.domain.state import decay_weight
 
@@ -51,6 +53,11 @@ COMPLAINT_LIFECYCLE = {
     ev.Complaint.STATUS_UPDATED: 2,
     ev.Complaint.STATUS_ESCALATED: 3,
     ev.Complaint.STATUS_RESOLVED: 4,
+}
+INCIDENT_LIFECYCLE = {
+    ev.ExperienceIncident.STATE_OPENED: 1,
+    ev.ExperienceIncident.STATE_ACKNOWLEDGED: 2,
+    ev.ExperienceIncident.STATE_RESOLVED: 3,
 }
 
 
@@ -227,6 +234,16 @@ def _complaint(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
         fx.signal("complaint_closed", complaint_id=c.complaint_id, event_id=e.event_id)
 
 
+def _experience_incident(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
+    """An alerts incident about the person changed (the alerts notifier publishes one per
+    change): its latest state, by the change's time, is the incident's entry."""
+    i = e.experience_incident
+    state = ev.ExperienceIncident.State.Name(i.state).removeprefix("STATE_").lower()
+    rank = INCIDENT_LIFECYCLE.get(i.state, 0)
+    fx.latest_in(INCIDENTS, i.incident_id, encode_incident(rank, state, i.severity, i.rule))
+    fx.latest("u.cx", e.event_id)
+
+
 def _conversation_message(fx: Effects, e: ev.TouchpointEvent, ts: int) -> None:
     m = e.conversation_message
     if m.direction != ev.ConversationMessage.DIRECTION_INBOUND:
@@ -290,6 +307,7 @@ _HANDLERS = {
     "survey_response": _survey_response,
     "review": _review,
     "complaint": _complaint,
+    "experience_incident": _experience_incident,
     "conversation_message": _conversation_message,
     "message_engagement": _message_engagement,
     "app_error": _app_error,

@@ -9,7 +9,7 @@ events here and compare with what Redis stored (`differences`). The op semantics
 - `["l", name, value]`: latest[name] = Latest(value, ts) when ts is newer than the stored
   one, or equal with a greater value (string order), so any order of events agrees;
 - `["h", sub, key, value]`: the same rule inside the sub-map `sub` (traits, consent,
-  complaints);
+  complaints, incidents);
 - `["hc", "touchpoints", key, n]`: a counter in the touchpoint hash;
 - `["z", "contacts", member]`: a contact scored by ts; the same member again keeps the
   greatest ts (ZADD GT).
@@ -130,7 +130,7 @@ def differences(
         a, b = expected.sums.get(name), actual.sums.get(name)
         if a is None or b is None or not math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol):
             out.append(f"sums[{name!r}]: expected {a}, got {b}")
-    for attr in ("minima", "maxima", "latest", "traits", "consent", "complaints"):
+    for attr in ("minima", "maxima", "latest", *LATEST_HASHES):
         left: dict[str, object] = getattr(expected, attr)
         right: dict[str, object] = getattr(actual, attr)
         for name in sorted(left.keys() | right.keys()):

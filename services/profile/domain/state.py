@@ -7,7 +7,7 @@ the domain packs itself in `codec.py`):
 - a main hash, fields named by how they combine: sums (counters, money), minimum,
   maximum, latest value by event time, and the derived snapshot last published as change
   events;
-- sub-hashes (traits, consent, complaints) of latest values by event time;
+- sub-hashes (traits, consent, complaints, incidents) of latest values by event time;
 - sorted sets (support contacts, the event archive) scored by event time;
 - a counter hash of events per touchpoint (summed on merge).
 
@@ -61,6 +61,7 @@ class ProfileState:
     traits: dict[str, Latest] = field(default_factory=dict)
     consent: dict[str, Latest] = field(default_factory=dict)
     complaints: dict[str, Latest] = field(default_factory=dict)
+    incidents: dict[str, Latest] = field(default_factory=dict)
     contacts: list[Contact] = field(default_factory=list)
     touchpoints: dict[str, int] = field(default_factory=dict)
 

@@ -78,6 +78,7 @@ for _, pid in ipairs(order) do
     redis.call('HGETALL', main .. SUB.complaints),
     redis.call('ZRANGE', main .. SUB.contacts, 0, -1, 'WITHSCORES'),
     redis.call('LRANGE', main .. SUB.outbox, 0, -1),
+    redis.call('HGETALL', main .. SUB.incidents),
   })
 end
 return cjson.encode({statuses, profiles})
