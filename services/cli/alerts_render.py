@@ -56,10 +56,10 @@ def ago(ts: timestamp_pb2.Timestamp, now: datetime) -> Text:
 
 
 def subject(incident: pb.Incident) -> Text:
-    """Whom or where it is about: the person, else the touchpoint."""
+    """Whom or where it is about: the person, else the touchpoint (in magenta)."""
     if incident.profile_id:
         return Text(incident.profile_id)
-    return Text(f"tp {incident.touchpoint}" if incident.touchpoint else "-", style="magenta")
+    return Text(incident.touchpoint or "-", style="magenta")
 
 
 def suppression(incident: pb.Incident) -> Text:

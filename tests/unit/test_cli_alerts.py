@@ -109,7 +109,7 @@ def test_list_shows_a_readable_table(served: Served) -> None:
         "VIP detractor: NPS 2",
     ]
     spike = row_of(out, "inc-0001")
-    assert spike[5] == "tp checkout.payment"
+    assert spike[5] == "checkout.payment"
     assert spike[3:5] == ["payment_spike", "payments"]
     assert "inhibited by inc-0001" in out
     assert "3 of 3" in out
