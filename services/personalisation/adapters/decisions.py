@@ -126,6 +126,7 @@ class DecisionLog:
             return reliable_producer(
                 self.bootstrap_servers,
                 client_id="cx-personalisation-decisions",
+                linger_ms=50,
                 delivery_timeout_ms=int(self.timeout_s * 1000),
                 request_timeout_ms=15_000,
                 max_block_ms=10_000,

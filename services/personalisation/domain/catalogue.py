@@ -289,10 +289,13 @@ class Catalogue:
     # Channel -> the consent purpose a marketing action needs on it.
     channel_consent: Mapping[str, str] = field(hash=False)
     _by_id: Mapping[str, Action] = field(init=False, repr=False, compare=False)
+    _fields_read: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_id = MappingProxyType({a.action_id: a for a in self.actions})
         object.__setattr__(self, "_by_id", by_id)
+        # Every decision asks for these: worked out once per loaded catalogue.
+        object.__setattr__(self, "_fields_read", self._profile_fields_read())
 
     def action(self, action_id: str) -> Action | None:
         return self._by_id.get(action_id)
@@ -300,6 +303,9 @@ class Catalogue:
     def fields_read(self) -> frozenset[str]:
         """The profile fields that eligibility, context and suitability rules read: what a
         decision must fetch (request fields and segments are not)."""
+        return self._fields_read
+
+    def _profile_fields_read(self) -> frozenset[str]:
         rules = [s.rule for s in self.suitability]
         for action in self.actions:
             if action.eligibility is not None:
