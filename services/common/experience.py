@@ -42,6 +42,14 @@ CES_HIGH_EFFORT_FROM = 5.0
 # Inbound message sentiment, -1 to 1: negative up to -0.3.
 NEGATIVE_SENTIMENT_TO = -0.3
 
+# Alerting (services/alerts): what pages someone at once is stricter than what the profile
+# counts. CES: a "very hard" answer, 6 or 7 of 7 (high effort counts from 5).
+CES_ALERT_FROM = 6.0
+# A public inbound message (social) pages from this sentiment down: it can spread.
+PUBLIC_SENTIMENT_ALERT_TO = -0.6
+# A delivery pages when it arrived this many minutes after the promise (or failed).
+LATE_DELIVERY_ALERT_MINUTES = 24 * 60
+
 # Kind -> how a report describes it, in report order.
 NEGATIVE_KINDS: dict[NegativeExperience, str] = {
     NegativeExperience.PAYMENT_FAILED: "failed payment",
@@ -121,6 +129,25 @@ def is_late_delivery(update: ev.DeliveryUpdate) -> bool:
     )
 
 
+def late_minutes(update: ev.DeliveryUpdate) -> float | None:
+    """Minutes a delivered parcel arrived after its promise (negative when early); None
+    without a delivery, a promise or an arrival time."""
+    if (
+        update.status != ev.DeliveryUpdate.STATUS_DELIVERED
+        or not update.HasField("promised_at")
+        or not update.HasField("actual_at")
+    ):
+        return None
+    late_ns = update.actual_at.ToNanoseconds() - update.promised_at.ToNanoseconds()
+    return late_ns / 60e9
+
+
+def is_severely_late(update: ev.DeliveryUpdate) -> bool:
+    """Delivered at least LATE_DELIVERY_ALERT_MINUTES after the promise (alerting)."""
+    minutes = late_minutes(update)
+    return minutes is not None and minutes >= LATE_DELIVERY_ALERT_MINUTES
+
+
 def is_failed_delivery(update: ev.DeliveryUpdate) -> bool:
     return update.status in (
         ev.DeliveryUpdate.STATUS_FAILED,
@@ -134,6 +161,21 @@ def is_negative_message(message: ev.ConversationMessage) -> bool:
         message.direction == ev.ConversationMessage.DIRECTION_INBOUND
         and message.sentiment <= NEGATIVE_SENTIMENT_TO
     )
+
+
+def is_public_outcry(message: ev.ConversationMessage) -> bool:
+    """A public inbound message (a social post) with sentiment at or below
+    PUBLIC_SENTIMENT_ALERT_TO (alerting)."""
+    return (
+        message.direction == ev.ConversationMessage.DIRECTION_INBOUND
+        and message.public
+        and message.sentiment <= PUBLIC_SENTIMENT_ALERT_TO
+    )
+
+
+def is_severe_effort(survey: ev.SurveyResponse) -> bool:
+    """A CES answer at or above CES_ALERT_FROM on 1-7 (alerting)."""
+    return survey.metric == ev.SurveyResponse.METRIC_CES and ces_on_seven(survey) >= CES_ALERT_FROM
 
 
 def is_repeat_contact(contact: ev.SupportContact) -> bool:

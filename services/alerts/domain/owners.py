@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -498,14 +498,3 @@ def load_owners(path: Path = DEFAULT_PATH) -> Owners:
     except OSError as exc:
         raise RuleConfigError(f"{path}: cannot read the owners file ({exc})") from exc
     return parse_owners(load_toml(path, "owners file"), str(path), raw)
-
-
-def check_rule_routing(owners: Owners, rules: Sequence[str], source: str) -> None:
-    """Raises RuleConfigError when a team routes a rule that the rules file lacks."""
-    known = set(rules)
-    for team in owners.teams:
-        for rule in sorted(team.rules - known):
-            raise RuleConfigError(
-                f"{source}: team {team.name!r}: rules: unknown rule {rule!r} (not in the "
-                "rules file)"
-            )
