@@ -255,6 +255,7 @@ install_alertmanager() {
   say "alertmanager: installing prometheus-alertmanager with apt-get"
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq prometheus-alertmanager
+  alertmanager_bin >/dev/null || die "alertmanager: installed, but prometheus-alertmanager is not on PATH"
   # Under an init system the package starts a system-wide Alertmanager on 9093 (the local
   # Kafka controller's port); the stack runs its own.
   if command -v systemctl >/dev/null &&
