@@ -119,6 +119,8 @@ def build_profile(loaded: LoadedProfile, segments: Sequence[Segment], now_ms: in
     cx.support_contacts_7d = x.support_contacts_7d
     cx.support_contacts_30d = x.support_contacts_30d
     cx.repeat_contacts_30d = x.repeat_contacts_30d
+    cx.open_incidents = x.open_incidents
+    cx.open_incident_ids.extend(x.open_incident_ids)
 
     profile.churn_risk.score = d.churn_risk
     profile.churn_risk.band = d.churn_band

@@ -26,6 +26,11 @@ def open_incidents(h: ProfileHarness, t: pb.IdentifierType.ValueType, value: str
     reply = h.profiles.GetFeatures(request, timeout=10)
     count = reply.features["open_incidents"]
     assert isinstance(count, float), count
+    # The contact centre's view (GetProfile) says the same, with the incidents' ids.
+    profile = h.profile(t, value)
+    assert profile is not None
+    assert profile.cx.open_incidents == int(count)
+    assert len(profile.cx.open_incident_ids) == int(count)
     return int(count)
 
 

@@ -407,6 +407,8 @@ class CxMetrics(_message.Message):
     SUPPORT_CONTACTS_7D_FIELD_NUMBER: _builtins.int
     SUPPORT_CONTACTS_30D_FIELD_NUMBER: _builtins.int
     REPEAT_CONTACTS_30D_FIELD_NUMBER: _builtins.int
+    OPEN_INCIDENTS_FIELD_NUMBER: _builtins.int
+    OPEN_INCIDENT_IDS_FIELD_NUMBER: _builtins.int
     csat_last: _builtins.float
     """CSAT on a 1 to 5 scale (answers on other scales are mapped onto it)."""
     csat_decayed: _builtins.float
@@ -426,8 +428,12 @@ class CxMetrics(_message.Message):
     support_contacts_30d: _builtins.int
     repeat_contacts_30d: _builtins.int
     """Contacts in 30 days about a reason already contacted about in that window."""
+    open_incidents: _builtins.int
+    """Experience incidents about the person (from the alerts service) not yet resolved."""
     @_builtins.property
     def updated(self) -> Global___Freshness: ...
+    @_builtins.property
+    def open_incident_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -444,10 +450,12 @@ class CxMetrics(_message.Message):
         support_contacts_7d: _builtins.int = ...,
         support_contacts_30d: _builtins.int = ...,
         repeat_contacts_30d: _builtins.int = ...,
+        open_incidents: _builtins.int = ...,
+        open_incident_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_ces_average", b"_ces_average", "_ces_last", b"_ces_last", "_csat_decayed", b"_csat_decayed", "_csat_last", b"_csat_last", "_csat_percent", b"_csat_percent", "_nps_last", b"_nps_last", "_sentiment", b"_sentiment", "ces_average", b"ces_average", "ces_last", b"ces_last", "csat_decayed", b"csat_decayed", "csat_last", b"csat_last", "csat_percent", b"csat_percent", "nps_last", b"nps_last", "sentiment", b"sentiment", "updated", b"updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ces_average", b"_ces_average", "_ces_last", b"_ces_last", "_csat_decayed", b"_csat_decayed", "_csat_last", b"_csat_last", "_csat_percent", b"_csat_percent", "_nps_last", b"_nps_last", "_sentiment", b"_sentiment", "ces_average", b"ces_average", "ces_last", b"ces_last", "csat_decayed", b"csat_decayed", "csat_last", b"csat_last", "csat_percent", b"csat_percent", "nps_category", b"nps_category", "nps_last", b"nps_last", "open_complaints", b"open_complaints", "repeat_contacts_30d", b"repeat_contacts_30d", "sentiment", b"sentiment", "support_contacts_30d", b"support_contacts_30d", "support_contacts_7d", b"support_contacts_7d", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ces_average", b"_ces_average", "_ces_last", b"_ces_last", "_csat_decayed", b"_csat_decayed", "_csat_last", b"_csat_last", "_csat_percent", b"_csat_percent", "_nps_last", b"_nps_last", "_sentiment", b"_sentiment", "ces_average", b"ces_average", "ces_last", b"ces_last", "csat_decayed", b"csat_decayed", "csat_last", b"csat_last", "csat_percent", b"csat_percent", "nps_category", b"nps_category", "nps_last", b"nps_last", "open_complaints", b"open_complaints", "open_incident_ids", b"open_incident_ids", "open_incidents", b"open_incidents", "repeat_contacts_30d", b"repeat_contacts_30d", "sentiment", b"sentiment", "support_contacts_30d", b"support_contacts_30d", "support_contacts_7d", b"support_contacts_7d", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ces_average: _TypeAlias = _typing.Literal["ces_average"]  # noqa: Y015
     _WhichOneofArgType__ces_average: _TypeAlias = _typing.Literal["_ces_average", b"_ces_average"]  # noqa: Y015
