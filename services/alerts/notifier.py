@@ -375,6 +375,13 @@ class Notifier:
                     log.warning("outbox read failed (%s); retrying", exc)
                     await self._sleep(1.0)
                     continue
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # Redis lost the stream or its group (a restart without its data).
+                    log.warning("the outbox's consumer group is gone; creating it again")
+                    await self._retry_redis(self.outbox.ensure_group)
+                    continue
                 for item in items:
                     await self._dispatch(item)
         finally:
@@ -441,7 +448,7 @@ class Notifier:
                     bucket.configure(receiver.rate_per_min, receiver.burst)
 
     async def _touch(self) -> None:
-        await self.outbox.touch(list(self._in_flight))
+        await self.outbox.touch(list(self._in_flight), int(self.tuning.touch_every_s * 500))
         for item in await self.outbox.claim_idle(self.tuning.claim_idle_ms):
             await self._dispatch(item)
 

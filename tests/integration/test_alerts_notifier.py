@@ -412,8 +412,9 @@ async def test_receiver_down_then_back_every_page_delivered_none_twice(
     # The history shows the retries.
     incident = run.store.get(ids[0])
     assert incident is not None
-    opened = {d.receiver: d for d in incident.deliveries if d.change == "OPENED"}
-    assert all(d.status == "delivered" and d.attempts > 1 for d in opened.values())
+    history = {d.receiver: d for d in incident.deliveries if d.change == "OPENED"}
+    assert len(history) == 3
+    assert all(d.status == "delivered" and d.attempts > 1 for d in history.values())
 
 
 # --- the notifier killed mid-delivery ------------------------------------------------------
@@ -553,3 +554,23 @@ async def test_retries_stop_at_the_entry_max_age(
     assert "gave up after" in delivery.last_error
     assert "HTTP 503" in delivery.last_error
     assert len(sink.received()) == delivery.attempts
+
+
+async def test_entries_stuck_with_a_live_notifier_are_taken_after_the_idle_backstop(
+    run: AlertsRun, sink_for: Any, notifiers: Any
+) -> None:
+    sink = sink_for("webhook-ops")
+    pids = [f"p{i}-{run.run}" for i in range(3)]
+    for pid in pids:
+        run.trigger(pid)
+    stream = run.store.keys.outbox
+    run.store.ensure_outbox_group()
+    # A notifier that beats but never finishes its entries (stuck).
+    run.client.zadd(run.store.keys.root + "notifiers", {"stuck-notifier": time.time() + 3600})
+    run.client.xreadgroup(OUTBOX_GROUP, "stuck-notifier", {stream: ">"}, count=100)
+    started = time.monotonic()
+    await notifiers(tuning=Tuning(retry_max_s=1.0, claim_idle_ms=2000, touch_every_s=0.5))
+    await wait_async("the stuck entries delivered", lambda: outbox_drained(run), 20)
+    assert time.monotonic() - started >= 1.5  # not before they were idle long enough
+    hooks = accepted(sink.received(kind="webhook"))
+    assert sorted(r["keys"][0] for r in hooks) == sorted(run.dedup_key(p) for p in pids)

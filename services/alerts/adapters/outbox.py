@@ -196,11 +196,15 @@ class Outbox:
             if start == "0-0":
                 return out
 
-    async def touch(self, entry_ids: Sequence[str]) -> None:
-        """Resets the idle time of this consumer's in-flight entries."""
+    async def touch(self, entry_ids: Sequence[str], min_idle_ms: int) -> None:
+        """Resets the idle time of this consumer's in-flight entries. Only entries idle
+        for `min_idle_ms` are touched, so one that another notifier has just claimed (it
+        took this one for dead) is not taken back."""
         for i in range(0, len(entry_ids), 500):
             ids: list[Any] = list(entry_ids[i : i + 500])
-            await self.client.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
+            await self.client.xclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, ids, justid=True
+            )
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:
