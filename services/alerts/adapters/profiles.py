@@ -1,19 +1,23 @@
 """The people detection pages about, read through ProfileService.GetFeatures.
 
 The profile service owns its data: the worker asks it, never its Redis. One batch's
-people are asked at once (gRPC futures), each call with a short deadline
-(`ALERTS_PROFILE_TIMEOUT_S`). When the profile service does not answer (UNAVAILABLE,
-DEADLINE_EXCEEDED...), `ProfileUnavailable` is raised: an infrastructure failure, so the
-worker retries the batch instead of paging with a severity that ignored the person's
-value tier. A person the profile does not know (NOT_FOUND; also an identifier it
-refuses) is None: detection goes on with the event's fields alone.
+people are asked together (gRPC futures, at most `MAX_IN_FLIGHT` at a time: the profile
+server admits 16 calls at once and refuses the rest with RESOURCE_EXHAUSTED, so a
+batch's hundreds of people asked all at once would be refused on every retry), each call
+with a short deadline (`ALERTS_PROFILE_TIMEOUT_S`). When the profile service does not
+answer (UNAVAILABLE, DEADLINE_EXCEEDED...), `ProfileUnavailable` is raised: an
+infrastructure failure, so the worker retries the batch instead of paging with a
+severity that ignored the person's value tier. A person the profile does not know
+(NOT_FOUND; also an identifier it refuses) is None: detection goes on with the event's
+fields alone.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from cx.profile.v1 import profile_pb2 as pb
@@ -37,6 +41,10 @@ UNAVAILABLE_CODES = frozenset(
 )
 
 Identifier = tuple[str, str]
+
+# GetFeatures calls of one lookup in flight at once: half of what a profile server admits
+# (services/common/grpc_server.py, 16), leaving room for its other clients.
+MAX_IN_FLIGHT = 8
 
 
 class ProfileUnavailable(ConnectionError):
@@ -69,9 +77,10 @@ def person_of(reply: pb.GetFeaturesResponse) -> Person:
 class GrpcProfiles:
     """ProfileService.GetFeatures, a batch's calls in flight together."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
         self.channel = traced_channel(address)
         self.stub = profile_pb2_grpc.ProfileServiceStub(self.channel)
 
@@ -79,19 +88,24 @@ class GrpcProfiles:
         self, identifiers: Collection[Identifier], names: Collection[str]
     ) -> dict[Identifier, Person | None]:
         wanted = sorted(names)
-        calls = {
-            ident: self.stub.GetFeatures.future(
-                pb.GetFeaturesRequest(
-                    identifier=pb.Identifier(type=BY_CODE[ident[0]].proto, value=ident[1]),
-                    names=wanted,
-                ),
-                timeout=self.timeout_s,
-            )
-            for ident in identifiers
-        }
+        waiting = deque(identifiers)
+        calls: deque[tuple[Identifier, Any]] = deque()
         out: dict[Identifier, Person | None] = {}
         failure: grpc.RpcError | None = None
-        for ident, call in calls.items():
+
+        def start() -> None:
+            # No new calls once one failed: the batch is retried anyway.
+            while waiting and len(calls) < self.max_in_flight and failure is None:
+                ident = waiting.popleft()
+                request = pb.GetFeaturesRequest(
+                    identifier=pb.Identifier(type=BY_CODE[ident[0]].proto, value=ident[1]),
+                    names=wanted,
+                )
+                calls.append((ident, self.stub.GetFeatures.future(request, timeout=self.timeout_s)))
+
+        start()
+        while calls:
+            ident, call = calls.popleft()
             try:
                 out[ident] = person_of(call.result())
             except grpc.RpcError as exc:
@@ -102,6 +116,7 @@ class GrpcProfiles:
                     failure = exc
                 else:
                     raise
+            start()
         if failure is not None:
             code = failure.code()
             raise ProfileUnavailable(f"the profile service did not answer ({code.name})")
