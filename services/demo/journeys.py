@@ -36,6 +36,10 @@ from services.common.experience import negative_experiences
 MINUTE = 60.0
 HOUR = 3600.0
 DAY = 86400.0
+# A customer with a negative experience had it lately: the journey ends within this long
+# before `now`, with the trouble in its latest order. The alerts service pages only on
+# events of the last week (older ones count but open nothing: an incident is about now).
+RECENT_END_S = 2 * DAY
 CURRENCY = "GBP"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -65,6 +69,10 @@ class DemoConfig:
     days: int = 30
     # Share of the other customers who browse anonymously and never sign up or log in.
     anonymous_only_share: float = 0.08
+    # A payment provider outage in the last minutes before `now`: this many of the
+    # customers with a negative experience try to pay again and fail at checkout.payment,
+    # retrying once or twice (a spike of failed payments on one touchpoint). 0: none.
+    outage_customers: int = 12
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class Customer:
     identifies: bool
     # The negative experiences planned for this customer, empty for most.
     planned_negative: tuple[Kind, ...]
+    # Caught in the payment outage at the end of the run (see DemoConfig.outage_customers).
+    in_outage: bool = False
 
     @property
     def app_user(self) -> bool:
@@ -166,6 +176,15 @@ PAYMENT_FAILURES = (
     ("authentication_failed", "3-D Secure authentication failed"),
     ("processor_timeout", "The payment processor did not answer in time"),
 )
+# The payment outage at the end of the run (DemoConfig.outage_customers): each caught
+# customer's first attempt falls between OUTAGE_FIRST_S and the retries' room before
+# `now`, then 1 to OUTAGE_RETRIES retries OUTAGE_RETRY_S apart, the last at least
+# OUTAGE_LAST_S before `now`.
+OUTAGE_FAILURE = ("processor_timeout", "The payment processor did not answer in time")
+OUTAGE_FIRST_S = 4 * MINUTE
+OUTAGE_LAST_S = MINUTE
+OUTAGE_RETRIES = 2
+OUTAGE_RETRY_S = (15.0, 40.0)
 CARRIERS = ("dpd", "royal_mail", "evri")
 QUESTIONS = (
     "order.status",
@@ -250,9 +269,14 @@ def _phone(seed: int, index: int) -> str:
     return f"+447{int.from_bytes(digest) % 10**9:09d}"
 
 
-def make_customer(config: DemoConfig, index: int, negative: bool, rng: random.Random) -> Customer:
+def make_customer(
+    config: DemoConfig, index: int, negative: bool, rng: random.Random, outage: bool = False
+) -> Customer:
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     seed = config.seed
+    planned = _plan_negative(rng) if negative else ()
+    if outage:
+        planned = tuple(k for k in Kind if k in planned or k == Kind.PAYMENT_FAILED)
     return Customer(
         index=index,
         customer_id=f"cus-{seed}-{index:05d}",
@@ -264,7 +288,8 @@ def make_customer(config: DemoConfig, index: int, negative: bool, rng: random.Ra
         last_name=last,
         city=rng.choice(CITIES),
         identifies=negative or rng.random() >= config.anonymous_only_share,
-        planned_negative=_plan_negative(rng) if negative else (),
+        planned_negative=planned,
+        in_outage=outage,
     )
 
 
@@ -289,6 +314,10 @@ class _Timeline:
         self._refs = 0
         self._events: list[ev.TouchpointEvent] = []
         self._stamps: list[tuple[Timestamp, float]] = []
+        # Events at a fixed time: seconds before `now`, whatever the journey's placement.
+        self._fixed: list[tuple[Timestamp, float]] = []
+        # The time of the latest event on the timeline.
+        self._last = 0.0
 
     def wait(self, low: float, high: float) -> None:
         self.t += self.rng.uniform(low, high)
@@ -310,7 +339,9 @@ class _Timeline:
         source: str,
         payload: str,
         message: Message,
+        before_now: float | None = None,
     ) -> ev.TouchpointEvent:
+        """A new event at the timeline's time, or `before_now` seconds before `now`."""
         event = ev.TouchpointEvent(
             event_id=f"{self._prefix}{len(self._events):04d}",
             identities=ids,
@@ -321,21 +352,33 @@ class _Timeline:
         )
         getattr(event, payload).CopyFrom(message)
         self._events.append(event)
-        self._stamps.append((event.occurred_at, self.t))
+        if before_now is None:
+            self._stamps.append((event.occurred_at, self.t))
+            self._last = self.t
+        else:
+            self._fixed.append((event.occurred_at, before_now))
         return event
 
-    def finish(self, now: datetime, days: int) -> list[ev.TouchpointEvent]:
+    def finish(self, now: datetime, days: int, recent: bool = False) -> list[ev.TouchpointEvent]:
         """Places the journey at a random point of the last `days` days (compressed if it is
         longer) and sets every timestamp. Everything lands between `now - days` and a minute
-        before `now`."""
+        before `now`; the last event of a `recent` journey within RECENT_END_S of that."""
         window = days * DAY - 2 * MINUTE
         scale = min(1.0, window / self.t) if self.t > 0 else 1.0
-        offset = self.rng.uniform(0.0, window - self.t * scale)
+        room = window - self.t * scale
+        # How much earlier than the journey's end its last event is.
+        tail = (self.t - self._last) * scale
+        low = min(max(0.0, room + tail - RECENT_END_S), room) if recent else 0.0
+        offset = self.rng.uniform(low, room)
         now_ns = (now - EPOCH) // timedelta(microseconds=1) * 1000
         start_ns = now_ns - int((days * DAY - MINUTE - offset) * 1e9)
         for ts, at in self._stamps:
             ts.seconds, ts.nanos = divmod(start_ns + int(at * scale * 1e9), 1_000_000_000)
-        return self._events
+        for ts, before in self._fixed:
+            ts.seconds, ts.nanos = divmod(now_ns - int(before * 1e9), 1_000_000_000)
+        if not self._fixed:
+            return self._events
+        return sorted(self._events, key=lambda e: (e.occurred_at.seconds, e.occurred_at.nanos))
 
 
 class _Story:
@@ -1055,7 +1098,10 @@ class _Story:
         if self.c.app_user:
             self.app_onboarding(logged_in=first_channel == APP)
         orders = 1 + (rng.random() < 0.5) + (rng.random() < 0.2)
+        # The bad experience comes with the latest order: it is recent (see `finish`).
         trouble_at = rng.randrange(orders)
+        if self.negative:
+            trouble_at = orders - 1
         question_at = rng.randrange(orders) if rng.random() < 0.3 else -1
         placed: list[_Order] = []
         for k in range(orders):
@@ -1079,14 +1125,50 @@ class _Story:
             self.between_orders()
         if Kind.DETRACTOR in self.negative or rng.random() < 0.35:
             self.nps()
+        if self.c.in_outage:
+            self.outage()
+
+    def outage(self) -> None:
+        """Caught in the payment outage: a new checkout a few minutes before `now` whose
+        payment fails (the processor times out), and fails again on each retry."""
+        channel = APP if self.c.app_user and self.rng.random() < 0.5 else WEB
+        ids = self.session(channel)
+        product = self.pick_product()
+        order_id = self.tl.ref("ord")
+        method = self.rng.choice(PAYMENT_METHODS)
+        code, reason = OUTAGE_FAILURE
+        before_now = self.rng.uniform(
+            OUTAGE_LAST_S + OUTAGE_RETRIES * OUTAGE_RETRY_S[1], OUTAGE_FIRST_S
+        )
+        for attempt in range(1, 3 + self.rng.randrange(OUTAGE_RETRIES)):
+            self.tl.emit(
+                ids,
+                channel,
+                "checkout.payment",
+                PURCHASE,
+                "payment-gateway",
+                "payment_failed",
+                ev.PaymentFailed(
+                    order_id=order_id,
+                    amount=money(product.pence),
+                    payment_method=method,
+                    failure_code=code,
+                    failure_reason=reason,
+                    attempt=attempt,
+                ),
+                before_now=before_now,
+            )
+            before_now -= self.rng.uniform(*OUTAGE_RETRY_S)
 
 
-def generate_journey(config: DemoConfig, index: int, negative: bool, now: datetime) -> Journey:
+def generate_journey(
+    config: DemoConfig, index: int, negative: bool, now: datetime, outage: bool = False
+) -> Journey:
     rng = random.Random(f"{config.seed}:{index}")
-    customer = make_customer(config, index, negative, rng)
+    customer = make_customer(config, index, negative, rng, outage)
     timeline = _Timeline(config.seed, index, rng)
     _Story(customer, timeline).write()
-    events = timeline.finish(now, config.days)
+    events = timeline.finish(now, config.days, recent=bool(customer.planned_negative))
     return Journey(customer, events, negative_kinds(events))
 
 
@@ -1098,10 +1180,21 @@ def negative_customers(config: DemoConfig) -> frozenset[int]:
     )
 
 
+def outage_customers(config: DemoConfig, negative: frozenset[int]) -> frozenset[int]:
+    """Indexes of the customers caught in the payment outage: `outage_customers` of the
+    customers with a negative experience (all of them when there are fewer)."""
+    count = min(max(config.outage_customers, 0), len(negative))
+    return frozenset(random.Random(f"{config.seed}:outage").sample(sorted(negative), count))
+
+
 def generate(config: DemoConfig, now: datetime) -> list[Journey]:
     """Every customer's journey, ending before `now` (timezone-aware)."""
     negative = negative_customers(config)
-    return [generate_journey(config, i, i in negative, now) for i in range(config.customers)]
+    outage = outage_customers(config, negative)
+    return [
+        generate_journey(config, i, i in negative, now, i in outage)
+        for i in range(config.customers)
+    ]
 
 
 def negative_kinds(events: Iterable[ev.TouchpointEvent]) -> frozenset[Kind]:

@@ -2,14 +2,16 @@
 
     python -m services.demo.journeys [--customers N] [--negative-share F] [--seed S]
         [--days D] [--target HOST:PORT] [--batch-size N] [--concurrency N]
-        [--personalise-share F] [--personalisation HOST:PORT]
+        [--personalise-share F] [--personalisation HOST:PORT] [--outage-customers N]
 
 Events go through IngestService.TrackBatch. Customers are split into `--concurrency` lanes
 sent in parallel; each lane sends its customers' events in time order, one batch at a time,
 so one customer's events always arrive in order and the stream as a whole looks live.
 For a share of the customers (`--personalise-share`), each web, app or contact-centre
 touchpoint asks PersonalisationService.Decide once its event was sent, and reports
-simulated outcomes (`services.demo.personalisation`).
+simulated outcomes (`services.demo.personalisation`). In the last minutes before the run's
+`now`, `--outage-customers` of the customers with a negative experience hit a payment
+outage at checkout.payment (a spike for the alerts service).
 """
 
 from __future__ import annotations
@@ -302,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--days", type=int, default=defaults.days, help="events happen in the last D days"
     )
+    parser.add_argument(
+        "--outage-customers",
+        type=int,
+        default=defaults.outage_customers,
+        metavar="N",
+        help="customers with a negative experience whose payment fails, with a retry or "
+        "two, in a payment outage at checkout.payment in the last minutes (0: no outage)",
+    )
     parser.add_argument("--target", default=grpc_address(IngestSettings().grpc_port))
     parser.add_argument("--batch-size", type=int, default=500, help="events per TrackBatch")
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")
@@ -334,6 +344,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--negative-share must be between 0 and 1")
     if args.days < 1:
         parser.error("--days must be at least 1")
+    if args.outage_customers < 0:
+        parser.error("--outage-customers must be 0 or more")
     if not 1 <= args.batch_size <= 1000:
         parser.error("--batch-size must be between 1 and 1000")
     if args.concurrency < 1:
@@ -351,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         negative_share=args.negative_share,
         seed=args.seed,
         days=args.days,
+        outage_customers=args.outage_customers,
     )
     err = sys.stderr
     clock = time.perf_counter()

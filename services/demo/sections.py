@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from services.demo.alerts_section import AlertsSection
 from services.demo.kafka_section import KafkaTouchpoints
 from services.demo.personalisation_section import PersonalisationSection
 from services.demo.profile_section import ProfileSection
@@ -20,6 +21,7 @@ SECTIONS: tuple[tuple[str, SectionFactory], ...] = (
     ("Kafka", KafkaTouchpoints),
     ("Profiles", ProfileSection.from_settings),
     ("Personalisation", PersonalisationSection.from_settings),
+    ("Alerts", AlertsSection.from_settings),
 )
 
 

@@ -1,5 +1,5 @@
-"""`make demo`'s generator end to end: through ingestion into the stack's profile and
-personalisation services."""
+"""`make demo`'s generator end to end: through ingestion into the stack's profile,
+personalisation and alerts services."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _number(pattern: str, text: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def test_demo_sends_journeys_and_summarises_profiles_and_decisions(ingest_address: str) -> None:
+def test_demo_sends_journeys_and_summarises_profiles_decisions_and_incidents(
+    ingest_address: str,
+) -> None:
     # No --seed: every run makes new customers, so a second run is not all duplicates.
     # Every customer asks for decisions; half of them had a bad experience.
     result = subprocess.run(
@@ -91,3 +93,39 @@ def test_demo_sends_journeys_and_summarises_profiles_and_decisions(ingest_addres
     assert example.startswith("example"), text
     assert re.search(r"    1\. \w+ \(", text), "the example shows its ranked actions"
     assert "the service's own count (http://" in text
+
+    # The alerts service: the customers' bad experiences opened incidents routed to their
+    # teams; the payment outage at the end of the run is one touchpoint incident (a spike
+    # against the last hour's baseline: after three or four runs within an hour the
+    # baseline expects outages and none opens) that inhibits the people's own pages.
+    section = _section(out, "Alerts")
+    text = "\n".join(section)
+    assert _number(r"(?m)^incidents from this run: ([\d,]+) \(", text) > 0
+    teams = re.search(r"^by team: (.+)$", text, re.M)
+    assert teams, text
+    assert {"payments", "cx"} <= {part.split()[0] for part in teams.group(1).split(", ")}
+    assert "checkout_payment_spike" in text
+    assert _number(r"(?m)^inhibited: ([\d,]+) incidents? of people", text) > 0
+    assert "(the demo's silence sil-" in text
+    assert re.search(r"^silenced: (none|[\d,]+ incidents? recorded but not paged)", text, re.M)
+    # Every team pages Alertmanager, which notifies the sink; what reached the sink is
+    # valid and carries no email or phone number.
+    table = section[section.index(next(x for x in section if x.startswith("pages per receiver"))) :]
+    manager = next(line.split() for line in table if line.split()[:1] == ["alertmanager"])
+    assert int(manager[1].replace(",", "")) > 0, table
+    assert int(manager[5].rstrip(":").replace(",", "")) > 0, table
+    assert re.search(
+        r"^the sink: [\d,]+ requests about them, all valid, 0 refused, 0 repeated, "
+        r"0 with an email or phone$",
+        text,
+        re.M,
+    ), text
+    # An example with its evidence and deliveries; the profile counts the person's open
+    # incidents (the loop back to personalisation's open_incident rule).
+    assert re.search(
+        r"^example: inc-[0-9a-f]+-[0-9a-f]+ \w+ \((event|window|timer|spike) rule\)", text, re.M
+    )
+    assert "  evidence (newest first, " in text
+    assert re.search(r"^    \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \w+", text, re.M), text
+    assert "  deliveries: " in text
+    assert _number(r"the profile now counts open_incidents = (\d+)", text) >= 1

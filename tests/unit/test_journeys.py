@@ -8,10 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cx.events.v1 import touchpoint_pb2 as ev
 
-from services.common.experience import NEGATIVE_KINDS, NegativeExperience
+from services.common.experience import NEGATIVE_KINDS, NegativeExperience, negative_experiences
 from services.common.validation import normalise_and_validate
 from services.demo import summary
-from services.demo.journeys import DemoConfig, Journey, generate
+from services.demo.journeys import (
+    OUTAGE_FAILURE,
+    RECENT_END_S,
+    DemoConfig,
+    Journey,
+    generate,
+)
 from services.demo.kafka_section import KafkaTouchpoints
 from services.demo.profile_section import ProfileSection
 from services.demo.run import lanes
@@ -194,6 +200,56 @@ def test_late_deliveries_arrive_after_the_promise(journeys: list[Journey]) -> No
     assert late > 0
 
 
+def test_a_negative_experience_is_recent(journeys: list[Journey]) -> None:
+    # The alerts service pages only on events of the last week: a customer with a
+    # negative experience ends the journey within RECENT_END_S, trouble in the latest order.
+    negative = [j for j in journeys if j.negative]
+    for journey in negative:
+        assert NOW - when(journey.events[-1]) <= timedelta(seconds=RECENT_END_S + 60)
+    lately = [
+        j
+        for j in negative
+        if any(negative_experiences(e) and NOW - when(e) <= timedelta(days=7) for e in j.events)
+    ]
+    assert len(lately) >= 0.8 * len(negative)
+
+
+def outage_attempts(journey: Journey) -> list[ev.TouchpointEvent]:
+    return [
+        e
+        for e in journey.events
+        if e.HasField("payment_failed")
+        and e.payment_failed.failure_code == OUTAGE_FAILURE[0]
+        and NOW - when(e) <= timedelta(minutes=4)
+    ]
+
+
+def test_the_payment_outage_is_a_burst_of_failures_at_checkout_payment(
+    journeys: list[Journey],
+) -> None:
+    caught = [j for j in journeys if j.customer.in_outage]
+    assert len(caught) == CONFIG.outage_customers == 12
+    for journey in caught:
+        assert NegativeExperience.PAYMENT_FAILED in journey.customer.planned_negative
+        attempts = outage_attempts(journey)
+        assert [e.payment_failed.attempt for e in attempts] in ([1, 2], [1, 2, 3])
+        assert {e.touchpoint for e in attempts} == {"checkout.payment"}
+        assert len({e.payment_failed.order_id for e in attempts}) == 1
+        for e in attempts:
+            assert timedelta(minutes=1) <= NOW - when(e) <= timedelta(minutes=4)
+            assert e.identities.customer_id == journey.customer.customer_id
+    assert not any(outage_attempts(j) for j in journeys if not j.customer.in_outage)
+
+
+def test_the_outage_takes_only_customers_with_a_negative_experience() -> None:
+    few = generate(DemoConfig(customers=40, negative_share=0.1, seed=3), NOW)
+    assert {j.customer.index for j in few if j.customer.in_outage} == {
+        j.customer.index for j in few if j.customer.planned_negative
+    }
+    none = generate(DemoConfig(customers=100, negative_share=0.3, seed=3, outage_customers=0), NOW)
+    assert not any(j.customer.in_outage or outage_attempts(j) for j in none)
+
+
 @pytest.mark.parametrize("share", [0.0, 0.4])
 def test_the_share_is_controllable(share: float) -> None:
     result = generate(DemoConfig(customers=400, negative_share=share, seed=11), NOW)
@@ -292,7 +348,7 @@ def test_a_failing_section_is_shown_as_unavailable() -> None:
 
 def test_the_summary_lists_the_sections_without_connecting() -> None:
     sections = build_sections()
-    assert [s.title for s in sections] == ["Kafka", "Profiles", "Personalisation"]
+    assert [s.title for s in sections] == ["Kafka", "Profiles", "Personalisation", "Alerts"]
     assert isinstance(sections[0], KafkaTouchpoints)
     assert isinstance(sections[1], ProfileSection)
 
