@@ -138,7 +138,8 @@ spawn() {
   printf '\n=== %s: starting %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$name" >>"$log"
   # Without job control the child is not a process-group leader, so setsid execs in place
   # and $! is the pid of the command itself.
-  nohup setsid "$@" >>"$log" 2>&1 </dev/null &
+  # 9>&-: the stack lock is not handed down to the services.
+  nohup setsid "$@" >>"$log" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$(pid_file "$name")"
   # Until the exec chain (nohup, setsid) reaches the command, running_pid would not
@@ -848,6 +849,17 @@ cmd_is_up() {
 usage() {
   sed -n '7,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
+
+# One command at a time on one var dir: two `up`s at once would each start a service and
+# keep only one pid file. Read-only commands do not wait.
+case ${1:-} in
+  status | is-up | -h | --help | help | '') ;;
+  *)
+    mkdir -p "$RUN_DIR"
+    exec 9>"$RUN_DIR/stack.lock"
+    flock 9
+    ;;
+esac
 
 case ${1:-} in
   install) cmd_install ;;
