@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from bench import ingest, personalisation, profile
+from bench import alerts, ingest, personalisation, profile
 
 
 def main() -> None:
     ingest.run()
     profile.run()
     personalisation.run()
+    alerts.run()
 
 
 if __name__ == "__main__":
