@@ -99,7 +99,7 @@ def run(state: Any, sequence: list[tuple[str, str, str, int]]) -> list[Any]:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(sequence=ops)
 def test_redis_and_memory_agree(
