@@ -137,3 +137,20 @@ def test_a_spikes_state_and_keys_expire(client: redis.Redis) -> None:
         assert state.open_spikes() == []
     finally:
         forget(client, prefix)
+
+
+def test_an_open_spike_below_its_threshold_still_counts_events(client: redis.Redis) -> None:
+    # The baseline hash holds the spike's 'open' and 'below' marks next to its buckets;
+    # the script once read 'below' as a bucket and failed every event of the touchpoint.
+    prefix = f"test-win-{uuid.uuid4().hex[:8]}:"
+    state = DetectionState(client, AlertKeys(prefix))
+    try:
+        state.spike("s", "checkout.payment", "e1", 1_000_000, WINDOW, BASELINE)
+        state.open_spike("s", "checkout.payment", 4.0)
+        state.mark_below("s", "checkout.payment", 1_000_500)
+        later = state.spike("s", "checkout.payment", "e2", 1_001_000, WINDOW, BASELINE)
+        assert later.count == 2
+        (spike,) = state.open_spikes()
+        assert spike.below_since_ms == 1_000_500
+    finally:
+        forget(client, prefix)

@@ -77,8 +77,10 @@ local base = 0
 local fields = redis.call('HGETALL', KEYS[2])
 for i = 1, #fields, 2 do
   local name = fields[i]
-  if string.sub(name, 1, 1) == 'b' then
-    local slot = tonumber(string.sub(name, 2))
+  -- Buckets are 'b<ms>'; the same hash also holds 'below' and 'open'.
+  local slot = string.match(name, '^b(%d+)$')
+  if slot then
+    slot = tonumber(slot)
     if slot < at - baseline - bucket then
       redis.call('HDEL', KEYS[2], name)
     elseif slot >= at - baseline and slot < at - window then
