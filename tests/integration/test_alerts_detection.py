@@ -57,7 +57,7 @@ def test_a_vip_detractor_pages_its_team_once_and_a_second_answer_updates_it(
     key = f"detractor_nps:pid:{pid}"
     first = harness.wait_incident("the detractor's incident", lambda: harness.incident_of(key))
     assert (first.severity, first.team, first.kind) == ("critical", "cx", "event")
-    assert first.summary.startswith("NPS 2 from a vip customer")
+    assert first.summary.startswith("NPS 2 from a customer of value tier vip")
     harness.track([nps(who, 4)])
     updated = harness.wait_incident(
         "the second answer", lambda: (i := harness.incident_of(key)) and i.count == 2 and i

@@ -223,7 +223,7 @@ def test_evaluate_and_trigger() -> None:
     assert t.evidence.event_id == e.event_id
     assert t.evidence.negative == "detractor"
     assert t.evidence.scores == {"nps": 2.0}
-    assert t.summary == "NPS 2 from a vip customer (churn risk low) at survey.nps"
+    assert t.summary == "NPS 2 from a customer of value tier vip (churn risk low) at survey.nps"
     # Without a person, a person's rule does not match (spikes still could).
     assert detect.evaluate(rules, f, None, f).matches == ()
 
