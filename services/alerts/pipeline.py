@@ -99,6 +99,13 @@ class BatchReport:
 class TickReport:
     fired: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
+    purged: int = 0
+
+
+# Resolved incidents are kept this long (ListIncidents, GetIncident), then deleted by the
+# worker's timer, a batch a minute; open incidents are never deleted.
+RESOLVED_KEPT_MS = 30 * 86_400_000
+PURGE_EVERY_MS = 60_000
 
 
 class DetectionPipeline:
@@ -116,6 +123,7 @@ class DetectionPipeline:
     ) -> None:
         self.config = config
         self.store = store
+        self._purged_at_ms = 0
         self.state = state
         self.profiles = profiles
         self.segment_names = tuple(segment_names)
@@ -403,4 +411,7 @@ class DetectionPipeline:
             if resolved:
                 RESOLUTIONS.labels("quiet").inc()
                 report.resolved.append(resolved)
+        if now_ms - self._purged_at_ms >= PURGE_EVERY_MS:
+            self._purged_at_ms = now_ms
+            report.purged = self.store.purge_resolved(now_ms - RESOLVED_KEPT_MS)
         return report

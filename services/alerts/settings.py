@@ -36,7 +36,8 @@ class AlertsSettings(BaseSettings):
     consumer_group: str = "cx-alerts"
     # The profile service (ProfileService.GetFeatures); empty: this stack's profile port.
     profile_address: str = ""
-    # A profile read that takes longer is given up: detection goes on without it.
+    # A profile read that takes longer fails the batch, which is retried (as when the profile
+    # service is down): nothing is paged with a severity that ignores who the person is.
     profile_timeout_s: float = 0.5
     # A page is retried for as long as its outbox entry is younger than this.
     delivery_max_age_s: int = 86400

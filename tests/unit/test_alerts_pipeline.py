@@ -431,3 +431,20 @@ def test_old_events_count_but_open_nothing() -> None:
     assert h.incidents() == []
     h.send(on(contact(30, "k-3", "billing"), "support.phone"))
     assert h.open("repeat_contacts:pid:p_low") is not None
+
+
+def test_the_timer_deletes_incidents_resolved_longer_ago_than_they_are_kept() -> None:
+    from services.alerts.pipeline import RESOLVED_KEPT_MS
+
+    h = Harness(people={"cust-1": LOW})
+    reason = "delivery.late"
+    for i, day in enumerate((10, 11, 12)):
+        h.send(on(contact(day, f"k-{i}", reason), "support.phone"))
+    h.tick(at(20) + 1)  # the contacts' window went quiet: resolved
+    assert [r.state for r in h.incidents()] == ["resolved"]
+    h.tick(at(20) + RESOLVED_KEPT_MS // 2)
+    assert len(h.incidents()) == 1
+    # (The store's own tests show that open incidents are never deleted.)
+    report = h.tick(at(20) + RESOLVED_KEPT_MS + 120_000)
+    assert report.purged == 1
+    assert h.incidents() == []
