@@ -19,7 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.alerts.adapters.incidents import IncidentStore
-from services.alerts.server import SERVICE_NAME, create_server
+from services.alerts.adapters.layout import AlertKeys
+from services.alerts.server import (
+    NOTIFIER_HEALTH_NAME,
+    SERVICE_NAME,
+    WORKER_HEALTH_NAME,
+    create_server,
+)
 from services.alerts.settings import AlertsSettings
 from services.common.process import GrpcProcess
 from services.common.settings import process_settings, redis_settings
@@ -132,3 +138,31 @@ def test_silence_over_grpc_holds_pages(channel: grpc.Channel, store: IncidentSto
     stub.ExpireSilence(pb.ExpireSilenceRequest(silence_id=created.silence_id), timeout=5)
     assert store.trigger(make_trigger("e2", profile_id="p2", now_ms=now_ms() + 1)).paged
     store.keys.silence(created.silence_id)  # recorded for the clean-up
+
+
+def test_health_reports_the_worker_and_the_notifier_by_their_heartbeats(
+    channel: grpc.Channel, settings: AlertsSettings
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    keys = AlertKeys(settings.key_prefix)
+    client = redis.Redis.from_url(redis_settings().redis_url)
+
+    def status(name: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=name)
+        return int(health.Check(request, timeout=5).status)
+
+    names = (WORKER_HEALTH_NAME, NOTIFIER_HEALTH_NAME)
+    try:
+        # Nobody beats under this run's prefix: reported, but the server still serves.
+        for name in names:
+            assert status(name) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        for key in (keys.workers, keys.notifiers):
+            client.zadd(key, {"test-process": time.time() + 60})
+        deadline = time.monotonic() + 10
+        while any(status(n) != health_pb2.HealthCheckResponse.SERVING for n in names):
+            assert time.monotonic() < deadline, "heartbeats not reported within 10 s"
+            time.sleep(0.2)
+    finally:
+        client.delete(keys.workers, keys.notifiers)
+        client.close()

@@ -80,6 +80,9 @@ class AlertKeys:
         self.timers = self.root + TIMERS
         self.silences = self.root + SILENCES
         self.outbox = self.root + OUTBOX
+        # Heartbeats (services/common/heartbeat.py): process -> when its beat expires.
+        self.workers = self.root + "workers"
+        self.notifiers = self.root + "notifiers"
 
     def incident(self, incident_id: str) -> str:
         return self.root + INCIDENT + incident_id

@@ -47,8 +47,6 @@ from services.common.heartbeat import WORKER_NAME
 
 log = logging.getLogger(__name__)
 
-# The notifiers' heartbeats: consumer name -> when its beat expires (epoch s).
-NOTIFIERS = "notifiers"
 DELIVERED_MARK, FAILED_MARK = "delivered", "failed"
 
 
@@ -64,7 +62,7 @@ class Outbox:
         self.client = client
         self.keys = AlertKeys(key_prefix)
         self.stream = self.keys.outbox
-        self.heartbeats = self.keys.root + NOTIFIERS
+        self.heartbeats = self.keys.notifiers
         self.consumer = consumer
         self.group = group
         self.marker_ttl_ms = marker_ttl_ms
@@ -276,4 +274,4 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-__all__ = ["DELIVERED", "DELIVERED_MARK", "FAILED_MARK", "NOTIFIERS", "Outbox"]
+__all__ = ["DELIVERED", "DELIVERED_MARK", "FAILED_MARK", "Outbox"]
