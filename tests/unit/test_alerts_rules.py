@@ -256,7 +256,9 @@ def test_summaries_fill_their_placeholders() -> None:
         "churn_band": "high",
         "touchpoint": "survey.nps",
     }
-    assert rule.describe(fields) == "NPS 2 from a customer of value tier vip (churn risk high) at survey.nps"
+    assert rule.describe(fields) == (
+        "NPS 2 from a customer of value tier vip (churn risk high) at survey.nps"
+    )
     # A missing field shows as ?, a number as written.
     assert rule.describe({"nps": 3}) == "NPS 3 from a customer of value tier ? (churn risk ?) at ?"
     spike = RULES.rule("checkout_payment_spike")
