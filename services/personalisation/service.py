@@ -91,6 +91,8 @@ KIND_STAGES = {
     "survey": ev.JOURNEY_STAGE_ADVOCACY,
     "onboarding": ev.JOURNEY_STAGE_ONBOARDING,
 }
+# Actions filtered because they do not serve the placement: left out of the decision log.
+PLACEMENT_POLICY = "eligibility:placement"
 # Outcome events' ids derive from what they report, so a repeated report counts once.
 OUTCOME_NAMESPACE = uuid.UUID("6f1d3c52-8a4e-4d2b-9a57-0c3e1f6b2d84")
 EMAIL_OR_PHONE = re.compile(r"@|^\+?[0-9][0-9 ()-]{6,}$")
@@ -138,6 +140,15 @@ def context_fields(context: pb.RequestContext) -> dict[str, FieldValue]:
                 "context.attributes", f"key {key[:80]!r} must be 1-64 letters, digits, _ . -"
             )
         out[f"context.attributes.{key}"] = _text(value, f"context.attributes[{key}]")
+    return out
+
+
+def logged_action(action: pb.RankedAction) -> pb.RankedAction:
+    """An action as the decision log keeps it: its variant's id, not its text."""
+    out = pb.RankedAction()
+    out.CopyFrom(action)
+    out.content.Clear()
+    out.content.variant = action.content.variant
     return out
 
 
@@ -299,6 +310,9 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         if self.decision_log is None:
             return
         ranking = decision.ranking
+        # Only what learning and evaluation need: the actions that serve this placement
+        # (not the whole catalogue), and which variant was shown (not its text).
+        considered = [f for f in decision.filtered if f.policy != PLACEMENT_POLICY]
         record = pb.DecisionRecord(
             decision_id=reply.decision_id,
             profile_id=reply.profile_id,
@@ -307,16 +321,16 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             context=loggable_context(request.context),
             features=features_struct(ranking.features),
             candidates=[s.action.action_id for s in ranking.ranked]
-            + [f.action.action_id for f in ranking.filtered],
-            filtered=[filtered_action(f) for f in decision.filtered],
-            chosen=reply.actions,
+            + [f.action.action_id for f in considered],
+            filtered=[filtered_action(f) for f in considered],
+            chosen=[logged_action(a) for a in reply.actions],
             policy_version=reply.policy_version,
             group=reply.group,
             basis=reply.basis,
             experience_signals=reply.experience_signals,
             max_actions=request.max_actions or 1,
             ranked=[
-                ranked_action(s, i, "", request.placement)
+                logged_action(ranked_action(s, i, reply.profile_id, request.placement))
                 for i, s in enumerate(ranking.ranked, start=1)
             ],
         )

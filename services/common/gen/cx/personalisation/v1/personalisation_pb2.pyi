@@ -790,19 +790,27 @@ class DecisionRecord(_message.Message):
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Every action considered, in catalogue order."""
+        """Every action that serves the placement: the ranked ones best first, then the
+        filtered ones.
+        """
 
     @_builtins.property
-    def filtered(self) -> _containers.RepeatedCompositeFieldContainer[Global___FilteredAction]: ...
+    def filtered(self) -> _containers.RepeatedCompositeFieldContainer[Global___FilteredAction]:
+        """Why each action that serves the placement was not chosen."""
+
     @_builtins.property
     def chosen(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedAction]:
-        """The chosen actions with their score parts and the probability the policy gave them."""
+        """The chosen actions with their score parts and the probability the policy gave them
+        (content: only the variant's id).
+        """
 
     @_builtins.property
     def experience_signals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def ranked(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedAction]:
-        """The eligible actions the policy ranked (the learner's candidate set), best first."""
+        """The eligible actions the policy ranked (the learner's candidate set), best first
+        (content: only the variant's id).
+        """
 
     def __init__(
         self,
