@@ -99,6 +99,6 @@ class PersonalisationHarness(ProfileHarness):
     def close(self) -> None:
         self.nba_channel.close()
         super().close()
-        self.decision_log.close(timeout_s=2)
+        self.decision_log.close(timeout_s=10)
         self.profile_source.close()
         self.nba_redis.close()

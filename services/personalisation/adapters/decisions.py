@@ -169,4 +169,9 @@ class DecisionLog:
             log.warning("decision log: %d records not sent at close", self._queue.qsize())
         self._thread.join(timeout_s)
         if self._producer is not None:
-            self._producer.close(timeout=timeout_s)
+            try:
+                self._producer.close(timeout=timeout_s)
+            except KafkaError as exc:
+                # Stopping must not fail: what was not acknowledged is counted and said.
+                LOG_RECORDS.labels("failed").inc()
+                log.warning("decision log: records not acknowledged at close: %s", exc)
