@@ -30,8 +30,13 @@ class GrpcProcess:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
+        """Runs every closer; one that fails (a producer whose broker did not acknowledge
+        in time) is logged and does not stop the others."""
         for close in self.closers:
-            close()
+            try:
+                close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s: %s", close, type(exc).__name__, exc)
 
 
 def start_process(name: str, metrics_port: int, process: ProcessSettings) -> None:
