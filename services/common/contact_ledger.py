@@ -51,6 +51,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from services.common.redis_values import as_text, lua_constants
+
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 # The global cap's window: the last 24 hours.
@@ -299,13 +301,9 @@ def refusal(
     return Refusal(action_id, policy, text)
 
 
-def _as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def decode_reply(reply: Sequence[Any]) -> Reservation:
     """The reserve script's reply (or the model's, in the same form)."""
-    parts = [_as_text(p) for p in reply]
+    parts = [as_text(p) for p in reply]
     n = int(parts[0])
     chosen = tuple(parts[1 : 1 + n])
     rest = parts[1 + n :]
@@ -344,23 +342,9 @@ LUA_CONSTANTS: dict[str, object] = {
 }
 
 
-def _lua(value: object) -> str:
-    if isinstance(value, str):
-        if not value.isascii() or "'" in value or "\\" in value:
-            raise ValueError(f"{value!r} cannot be a Lua constant here")
-        return f"'{value}'"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_lua(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no Lua form for {value!r}")
-
-
 def lua_script() -> str:
     """contact_ledger.lua with the layout's constants in front."""
-    lines = [f"local {name} = {_lua(value)}" for name, value in LUA_CONSTANTS.items()]
-    head = "-- Rendered from services/common/contact_ledger.py.\n" + "\n".join(lines)
-    return head + "\n" + LUA_PATH.read_text()
+    return lua_constants(LUA_CONSTANTS, "services/common/contact_ledger.py") + LUA_PATH.read_text()
 
 
 def _rule_args(rule: CapRule) -> list[int]:
@@ -419,13 +403,13 @@ def decode_history(
     outcomes hash."""
     impressions = []
     for member in members:
-        ts, decision, action, kind, marketing = _as_text(member)[len(TAG["time"]) :].split(SEP)
+        ts, decision, action, kind, marketing = as_text(member)[len(TAG["time"]) :].split(SEP)
         impressions.append(Impression(int(ts), decision, action, kind, marketing == "1"))
     views: dict[str, dict[str, int]] = {prefix: {} for prefix in FIELD.values()}
     for raw_field, raw_ts in outcome_times.items():
         # FIELD's prefixes end at the first ":".
-        head, _, name = _as_text(raw_field).partition(":")
-        when = int(_as_text(raw_ts))
+        head, _, name = as_text(raw_field).partition(":")
+        when = int(as_text(raw_ts))
         if when > now_ms - retention_ms:
             views[head + ":"][name] = when
     return LedgerView(

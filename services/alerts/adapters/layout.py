@@ -42,6 +42,10 @@ from typing import Any
 
 from cx.alerts.v1 import alerts_pb2 as pb
 
+from services.common.redis_values import as_text as as_text
+from services.common.redis_values import lua_constants
+from services.common.redis_values import text_map as text_map
+
 ROOT = "al:"
 INCIDENT = "inc:"
 OPEN = "open:"
@@ -127,14 +131,6 @@ class AlertKeys:
         return f"{self.root}{BASELINE}{rule}:{touchpoint}"
 
 
-def as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {as_text(k): as_text(v) for k, v in raw.items()}
-
-
 # --- The outbox -----------------------------------------------------------------------
 
 
@@ -196,24 +192,7 @@ LUA_CONSTANTS: dict[str, object] = {
 }
 
 
-def _lua(value: object) -> str:
-    if isinstance(value, str):
-        if not value.isascii() or "'" in value or "\\" in value:
-            raise ValueError(f"{value!r} cannot be a Lua constant here")
-        return f"'{value}'"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_lua(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no Lua form for {value!r}")
-
-
 def lua_script(name: str) -> str:
     """A script with the layout's key names rendered in front of it."""
-    constants = "\n".join(f"local {n} = {_lua(v)}" for n, v in LUA_CONSTANTS.items())
-    return (
-        "-- Rendered from services/alerts/adapters/layout.py.\n"
-        + constants
-        + "\n"
-        + (LUA_DIR / name).read_text()
-    )
+    source = "services/alerts/adapters/layout.py"
+    return lua_constants(LUA_CONSTANTS, source) + (LUA_DIR / name).read_text()

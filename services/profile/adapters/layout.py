@@ -50,6 +50,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from services.common.redis_values import as_text as as_text
+from services.common.redis_values import lua_constants as render_constants
+from services.common.redis_values import text_map as text_map
 from services.profile.domain.codec import COMPLAINTS as COMPLAINTS
 from services.profile.domain.codec import CONSENT as CONSENT
 from services.profile.domain.codec import CONTACTS as CONTACTS
@@ -156,15 +159,6 @@ class Keys:
 
 
 # Replies: redis-py gives bytes, and Lua's cjson encodes an empty array as {}.
-
-
-def as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def text_map(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A hash as redis-py returns it (bytes, or str with decode_responses) as text."""
-    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 def items(raw: Sequence[Any] | dict[str, Any]) -> Sequence[Any]:
@@ -415,23 +409,8 @@ LUA_CONSTANTS: dict[str, object] = {
 }
 
 
-def _lua(value: object) -> str:
-    if isinstance(value, str):
-        if not value.isascii() or "'" in value or "\\" in value:
-            raise ValueError(f"{value!r} cannot be a Lua constant here")
-        return f"'{value}'"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_lua(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, tuple | list):
-        return "{" + ", ".join(_lua(v) for v in value) + "}"
-    raise TypeError(f"no Lua form for {value!r}")
-
-
 def lua_constants() -> str:
-    lines = [f"local {name} = {_lua(value)}" for name, value in LUA_CONSTANTS.items()]
-    return "-- Rendered from services/profile/adapters/layout.py.\n" + "\n".join(lines) + "\n"
+    return render_constants(LUA_CONSTANTS, "services/profile/adapters/layout.py")
 
 
 def lua_script(name: str) -> str:
