@@ -22,23 +22,11 @@ from typing import Any, Protocol
 import grpc
 from cx.profile.v1 import profile_pb2 as pb
 from cx.profile.v1 import profile_pb2_grpc
-from google.protobuf import json_format
 
 from services.alerts.domain.detect import Person
-from services.common.conditions import FieldValue
 from services.common.grpc_client import traced_channel
 from services.common.identifiers import BY_CODE
-
-# gRPC codes that mean the profile service cannot answer now (a retry may succeed).
-UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.ABORTED,
-    }
-)
+from services.common.profile_client import UNAVAILABLE_CODES, feature_values
 
 Identifier = tuple[str, str]
 
@@ -63,14 +51,8 @@ class ProfileLookup(Protocol):
     def close(self) -> None: ...
 
 
-def _value(value: object) -> FieldValue:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if isinstance(value, str | int | float | bool) else None
-
-
 def person_of(reply: pb.GetFeaturesResponse) -> Person:
-    fields = {k: _value(v) for k, v in json_format.MessageToDict(reply.features).items()}
+    fields = feature_values(reply)
     return Person(reply.profile_id, fields, frozenset(reply.segments), known=True)
 
 

@@ -18,28 +18,18 @@ import grpc
 import redis
 from cx.profile.v1 import profile_pb2 as pb
 from cx.profile.v1 import profile_pb2_grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.conditions import FieldValue
 from services.common.grpc_client import traced_channel
 from services.common.grpc_errors import DependencyUnavailable, InvalidArgument
 from services.common.identifiers import BY_CODE, PERSON_TYPES
+from services.common.profile_client import UNAVAILABLE_CODES, feature_values
 from services.personalisation.domain.arbitration import ProfileView
 from services.profile.adapters.reader import ProfileReader
 from services.profile.domain.segments import Segment
 from services.profile.views import features_of
 
 PROFILE_SERVICE = pb.DESCRIPTOR.services_by_name["ProfileService"].full_name
-# gRPC codes that mean the profile service cannot answer now (a retry may succeed).
-UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 
 
 class ProfileSource(Protocol):
@@ -57,12 +47,6 @@ class ProfileSource(Protocol):
     def healthy(self) -> bool: ...
 
     def close(self) -> None: ...
-
-
-def _value(value: object) -> FieldValue:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if isinstance(value, str | int | float | bool) else None
 
 
 class GrpcProfileSource:
@@ -97,7 +81,7 @@ class GrpcProfileSource:
             if status in UNAVAILABLE_CODES:
                 raise self._unavailable(exc) from exc
             raise
-        fields = {k: _value(v) for k, v in json_format.MessageToDict(reply.features).items()}
+        fields = feature_values(reply)
         as_of = reply.as_of.ToMilliseconds() if reply.HasField("as_of") else None
         return ProfileView(reply.profile_id, fields, frozenset(reply.segments), as_of)
 
