@@ -20,7 +20,6 @@ builds the app.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,6 @@ import faust
 import redis
 import redis.asyncio as aioredis
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from services.alerts.adapters.config_files import watched_detection_config
 from services.alerts.adapters.incidents import IncidentStore
@@ -46,7 +44,7 @@ from services.common.batches import (
 )
 from services.common.dead_letter import SourceRecord
 from services.common.gc_tuning import freeze_startup_heap
-from services.common.heartbeat import beat
+from services.common.heartbeat import beat_from
 from services.common.process import start_process
 from services.common.settings import (
     KafkaSettings,
@@ -69,8 +67,6 @@ BATCH_SIZE = 500
 BATCH_WITHIN_S = 0.02
 # How often the rules and owners files are checked for changes.
 CONFIG_CHECK_EVERY_S = 2.0
-# The alerts server reports the worker alive while it beats (three beats' grace).
-HEARTBEAT_EVERY_S = 5.0
 
 
 def create_app(
@@ -129,13 +125,8 @@ def create_app(
             level = logging.WARNING if is_infrastructure_failure(exc) else logging.ERROR
             log.log(level, "timer step failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
-    beats = aioredis.Redis.from_url(redis_config.redis_url)
-
-    @app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]
-    async def heartbeat() -> None:
-        """Tells the alerts server this worker is alive (its gRPC health reports it)."""
-        with contextlib.suppress(RedisError, OSError):
-            await beat(beats, keys.workers, HEARTBEAT_EVERY_S)
+    # Tells the alerts server this worker is alive (its gRPC health reports it).
+    beat_from(app, aioredis.Redis.from_url(redis_config.redis_url), keys.workers)
 
     @app.timer(interval=CONFIG_CHECK_EVERY_S)  # type: ignore[untyped-decorator]
     async def reload_config() -> None:

@@ -15,7 +15,6 @@ guarantees). Nothing is built at import: `create_app(settings, ...)` builds the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 from typing import Any
@@ -24,11 +23,10 @@ import faust
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from services.common.dead_letter import SourceRecord
 from services.common.gc_tuning import freeze_startup_heap
-from services.common.heartbeat import beat
+from services.common.heartbeat import beat_from
 from services.common.process import start_process
 from services.common.settings import (
     KafkaSettings,
@@ -51,7 +49,6 @@ from services.profile.pipeline import ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
 
 tracer = trace.get_tracer("cx.profile.worker")
-HEARTBEAT_EVERY_S = 5.0
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -117,11 +114,8 @@ def create_app(
     async def freeze_heap_once_started() -> None:
         freeze_startup_heap()
 
-    @app.timer(interval=HEARTBEAT_EVERY_S)  # type: ignore[untyped-decorator]
-    async def heartbeat() -> None:
-        """Tells the profile server this worker is alive (its gRPC health reports it)."""
-        with contextlib.suppress(RedisError, OSError):
-            await beat(client, store.keys.workers, HEARTBEAT_EVERY_S)
+    # Tells the profile server this worker is alive (its gRPC health reports it).
+    beat_from(app, client, store.keys.workers)
 
     return app
 
