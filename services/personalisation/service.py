@@ -50,7 +50,7 @@ from services.personalisation.domain.arbitration import (
     ProfileView,
     Stage,
 )
-from services.personalisation.domain.catalogue import PURPOSES
+from services.personalisation.domain.catalogue import PURPOSES, Catalogue
 from services.personalisation.settings import PersonalisationSettings
 from services.personalisation.views import (
     BASES,
@@ -152,6 +152,12 @@ def logged_action(action: pb.RankedAction) -> pb.RankedAction:
     return out
 
 
+def profile_names(catalogue: Catalogue) -> tuple[str, ...]:
+    """What a decision asks the profile for: the fields the catalogue reads and every
+    consent."""
+    return tuple(sorted(catalogue.fields_read() | CONSENT_FIELDS))
+
+
 def loggable_context(context: pb.RequestContext) -> pb.RequestContext:
     """The context for the decision log, without values that look like an email or phone."""
     out = pb.RequestContext()
@@ -179,6 +185,7 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         self.store = store
         self.decision_log = decision_log
         self.publisher = publisher
+        self._names: tuple[str, tuple[str, ...]] = ("", ())
 
     # --- Decide -------------------------------------------------------------------------
 
@@ -226,7 +233,10 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         catalogue = self.catalogue.current
         profile: ProfileView | None = None
         if identifier is not None:
-            names = catalogue.fields_read() | CONSENT_FIELDS
+            # Worked out once per catalogue version, not per decision.
+            if self._names[0] != catalogue.version:
+                self._names = (catalogue.version, profile_names(catalogue))
+            names = self._names[1]
             profile = self.profiles.features(*identifier, names, self._timeout(context))
         # The ledger's key for the person: their profile, else the identifier they came with.
         if profile is not None:

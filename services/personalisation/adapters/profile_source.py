@@ -68,7 +68,7 @@ class GrpcProfileSource:
         self, code: str, value: str, names: Collection[str], timeout_s: float
     ) -> ProfileView | None:
         request = pb.GetFeaturesRequest(
-            identifier=pb.Identifier(type=BY_CODE[code].proto, value=value), names=sorted(names)
+            identifier=pb.Identifier(type=BY_CODE[code].proto, value=value), names=list(names)
         )
         try:
             reply = self.stub.GetFeatures(request, timeout=timeout_s)
