@@ -148,6 +148,11 @@ class Refusal:
     # One of POLICIES.
     policy: str
     detail: str
+    # The count (or age, in ms) the cap saw, and its limit.
+    observed: int = 0
+    limit: int = 0
+    # The refused action's kind.
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,7 @@ def refusal(
         )
     else:
         raise ValueError(f"unknown contact policy {policy!r}")
-    return Refusal(action_id, policy, text)
+    return Refusal(action_id, policy, text, observed, limit, kind)
 
 
 def decode_reply(reply: Sequence[Any]) -> Reservation:

@@ -111,6 +111,44 @@ GROUP_HOLDOUT: Group.ValueType  # 2
 """The control policy: static priority (value x lever), no personalisation."""
 Global___Group: _TypeAlias = Group  # noqa: Y015
 
+class _DecisionPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DecisionPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DecisionPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECISION_POLICY_UNSPECIFIED: _DecisionPolicy.ValueType  # 0
+    DECISION_POLICY_LEARNED: _DecisionPolicy.ValueType  # 1
+    """The learned model (a contextual bandit): sampled from its probabilities, so it
+    explores a little; `model_version` names the model.
+    """
+    DECISION_POLICY_STATIC: _DecisionPolicy.ValueType  # 2
+    """The static rules: priority = P x C x V x L with the catalogue's prior for P (the
+    treatment group before any model exists).
+    """
+    DECISION_POLICY_CONTROL: _DecisionPolicy.ValueType  # 3
+    """The holdout's control policy: value x lever."""
+    DECISION_POLICY_GENERIC: _DecisionPolicy.ValueType  # 4
+    """No profile used (anonymous, unknown, or no personalisation consent): the prior."""
+
+class DecisionPolicy(_DecisionPolicy, metaclass=_DecisionPolicyEnumTypeWrapper):
+    """How the eligible actions were ordered."""
+
+DECISION_POLICY_UNSPECIFIED: DecisionPolicy.ValueType  # 0
+DECISION_POLICY_LEARNED: DecisionPolicy.ValueType  # 1
+"""The learned model (a contextual bandit): sampled from its probabilities, so it
+explores a little; `model_version` names the model.
+"""
+DECISION_POLICY_STATIC: DecisionPolicy.ValueType  # 2
+"""The static rules: priority = P x C x V x L with the catalogue's prior for P (the
+treatment group before any model exists).
+"""
+DECISION_POLICY_CONTROL: DecisionPolicy.ValueType  # 3
+"""The holdout's control policy: value x lever."""
+DECISION_POLICY_GENERIC: DecisionPolicy.ValueType  # 4
+"""No profile used (anonymous, unknown, or no personalisation consent): the prior."""
+Global___DecisionPolicy: _TypeAlias = DecisionPolicy  # noqa: Y015
+
 @_typing.final
 class RequestContext(_message.Message):
     """What the frontend knows about the request."""
@@ -327,6 +365,7 @@ class RankedAction(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
+    PROMOTED_FIELD_NUMBER: _builtins.int
     action_id: _builtins.str
     kind: _builtins.str
     """upsell, cross_sell, retention, service_recovery, survey, information, ..."""
@@ -334,7 +373,13 @@ class RankedAction(_message.Message):
     """1 for the first action."""
     probability: _builtins.float
     """The probability with which the policy chose this action at this rank (1 for a
-    deterministic ranking).
+    deterministic ranking): for the first action, the probability that the policy
+    would have shown it first to this person in this state; for later ones, given the
+    actions before it.
+    """
+    promoted: _builtins.bool
+    """True when an experience rule ranked it first (service recovery during an open
+    complaint): the policy then chooses among the promoted actions only.
     """
     @_builtins.property
     def content(self) -> Global___Content: ...
@@ -352,10 +397,11 @@ class RankedAction(_message.Message):
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         rank: _builtins.int = ...,
         probability: _builtins.float = ...,
+        promoted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "content", b"content", "kind", b"kind", "probability", b"probability", "rank", b"rank", "reasons", b"reasons", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "content", b"content", "kind", b"kind", "probability", b"probability", "promoted", b"promoted", "rank", b"rank", "reasons", b"reasons", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,6 +461,8 @@ class DecideResponse(_message.Message):
     HOLDOUT_FIELD_NUMBER: _builtins.int
     BASIS_FIELD_NUMBER: _builtins.int
     EXPERIENCE_SIGNALS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     profile_id: _builtins.str
     """Empty for an anonymous or unknown person."""
@@ -423,6 +471,11 @@ class DecideResponse(_message.Message):
     holdout: _builtins.bool
     """True when the person is in the holdout (group GROUP_HOLDOUT)."""
     basis: Global___Basis.ValueType
+    policy: Global___DecisionPolicy.ValueType
+    model_version: _builtins.str
+    """The learned model's version the decision used (policy DECISION_POLICY_LEARNED),
+    else empty.
+    """
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedAction]:
         """Best first; empty when nothing may be shown."""
@@ -452,10 +505,12 @@ class DecideResponse(_message.Message):
         holdout: _builtins.bool = ...,
         basis: Global___Basis.ValueType = ...,
         experience_signals: _abc.Iterable[_builtins.str] | None = ...,
+        policy: Global___DecisionPolicy.ValueType = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile_as_of", b"profile_as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "basis", b"basis", "decision_id", b"decision_id", "experience_signals", b"experience_signals", "filtered", b"filtered", "group", b"group", "holdout", b"holdout", "policy_version", b"policy_version", "profile_as_of", b"profile_as_of", "profile_id", b"profile_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "basis", b"basis", "decision_id", b"decision_id", "experience_signals", b"experience_signals", "filtered", b"filtered", "group", b"group", "holdout", b"holdout", "model_version", b"model_version", "policy", b"policy", "policy_version", b"policy_version", "profile_as_of", b"profile_as_of", "profile_id", b"profile_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,6 +827,9 @@ class DecisionRecord(_message.Message):
     EXPERIENCE_SIGNALS_FIELD_NUMBER: _builtins.int
     MAX_ACTIONS_FIELD_NUMBER: _builtins.int
     RANKED_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     profile_id: _builtins.str
     placement: _builtins.str
@@ -780,13 +838,19 @@ class DecisionRecord(_message.Message):
     group: Global___Group.ValueType
     basis: Global___Basis.ValueType
     max_actions: _builtins.int
+    policy: Global___DecisionPolicy.ValueType
+    model_version: _builtins.str
+    """The learned model's version (policy DECISION_POLICY_LEARNED), else empty."""
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def context(self) -> Global___RequestContext: ...
     @_builtins.property
     def features(self) -> _struct_pb2.Struct:
-        """The profile fields the policy read, by name."""
+        """The profile fields the policy and the learner read, by name (`segment.<name>`: true
+        for each of the person's segments). With the request's fields, what the learner and
+        offline evaluation rebuild a decision's context from.
+        """
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -812,6 +876,13 @@ class DecisionRecord(_message.Message):
         (content: only the variant's id).
         """
 
+    @_builtins.property
+    def unavailable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ranked actions the contact policy would have refused before this decision
+        recorded its own impressions: no policy could have shown them (offline evaluation
+        leaves them out of every policy's choice).
+        """
+
     def __init__(
         self,
         *,
@@ -831,10 +902,13 @@ class DecisionRecord(_message.Message):
         experience_signals: _abc.Iterable[_builtins.str] | None = ...,
         max_actions: _builtins.int = ...,
         ranked: _abc.Iterable[Global___RankedAction] | None = ...,
+        policy: Global___DecisionPolicy.ValueType = ...,
+        model_version: _builtins.str = ...,
+        unavailable: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "decided_at", b"decided_at", "features", b"features"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "candidates", b"candidates", "channel", b"channel", "chosen", b"chosen", "context", b"context", "decided_at", b"decided_at", "decision_id", b"decision_id", "experience_signals", b"experience_signals", "features", b"features", "filtered", b"filtered", "group", b"group", "max_actions", b"max_actions", "placement", b"placement", "policy_version", b"policy_version", "profile_id", b"profile_id", "ranked", b"ranked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "candidates", b"candidates", "channel", b"channel", "chosen", b"chosen", "context", b"context", "decided_at", b"decided_at", "decision_id", b"decision_id", "experience_signals", b"experience_signals", "features", b"features", "filtered", b"filtered", "group", b"group", "max_actions", b"max_actions", "model_version", b"model_version", "placement", b"placement", "policy", b"policy", "policy_version", b"policy_version", "profile_id", b"profile_id", "ranked", b"ranked", "unavailable", b"unavailable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
