@@ -148,11 +148,11 @@ class Refusal:
     # One of POLICIES.
     policy: str
     detail: str
-    # The count (or age, in ms) the cap saw, and its limit.
-    observed: int = 0
-    limit: int = 0
-    # The refused action's kind.
-    kind: str = ""
+    # The count (or age, in ms) the cap saw, its limit, and the refused action's kind: what
+    # the learner's probabilities need (not part of a refusal's identity).
+    observed: int = field(default=0, compare=False)
+    limit: int = field(default=0, compare=False)
+    kind: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,13 @@ from services.common.settings import (
 from services.common.touchpoint_publisher import TouchpointPublisher
 from services.personalisation.adapters.catalogue_file import CatalogueFile
 from services.personalisation.adapters.decisions import DecisionLog, DecisionStore
+from services.personalisation.adapters.model_source import ModelSource
 from services.personalisation.adapters.profile_source import (
     GrpcProfileSource,
     ProfileSource,
     ReaderProfileSource,
 )
+from services.personalisation.domain.learning import load_learning
 from services.personalisation.service import PersonalisationServicer
 from services.personalisation.settings import PersonalisationSettings
 from services.profile.adapters.reader import ProfileReader
@@ -39,6 +41,9 @@ SERVICE_NAME = personalisation_pb2.DESCRIPTOR.services_by_name["PersonalisationS
 REDIS_HEALTH_NAME = "redis"
 PROFILE_HEALTH_NAME = "profile"
 CATALOGUE_HEALTH_NAME = "cx.personalisation.v1.Catalogue"
+# The learned model: NOT_SERVING while its latest checkpoint cannot be loaded (decisions
+# go on with the model in use, or the static rules without one).
+MODEL_HEALTH_NAME = "cx.personalisation.v1.Model"
 KAFKA_HEALTH_NAME = "kafka"
 REDIS_CONNECT_TIMEOUT_S = 1.0
 REDIS_SOCKET_TIMEOUT_S = 2.0
@@ -74,6 +79,11 @@ def build_server(
     server.add_dependency(PROFILE_HEALTH_NAME, servicer.profiles.healthy)
     server.every(servicer.settings.catalogue_check_every_s, reload_catalogue)
     server.add_component(CATALOGUE_HEALTH_NAME, catalogue.healthy)
+    models = servicer.models
+    if models is not None:
+        models.refresh()
+        server.every(servicer.settings.model_check_every_s, models.refresh)
+        server.add_component(MODEL_HEALTH_NAME, models.healthy)
     publisher = servicer.publisher
     if publisher is not None:
         server.add_component(KAFKA_HEALTH_NAME, publisher.available)
@@ -86,8 +96,8 @@ def create_server(
     redis_config: RedisSettings,
     process: ProcessSettings,
 ) -> GrpcProcess:
-    """The composition root: catalogue, profile source, ledger, decision store and log,
-    outcome publisher and server, from settings."""
+    """The composition root: catalogue, profile source, ledger, learned model, decision
+    store and log, outcome publisher and server, from settings."""
     catalogue = CatalogueFile(settings.catalogue_file)
     client = redis.Redis.from_url(
         redis_config.redis_url,
@@ -99,6 +109,8 @@ def create_server(
         kafka.kafka_bootstrap_servers, kafka.decisions_topic, settings.decision_log_timeout_s
     )
     publisher = TouchpointPublisher.connect(kafka.kafka_bootstrap_servers, kafka.touchpoints_topic)
+    learning = load_learning(settings.learning_file)
+    models = ModelSource(client, settings.key_prefix, learning.model.vw_args)
     servicer = PersonalisationServicer(
         settings,
         catalogue,
@@ -107,9 +119,12 @@ def create_server(
         DecisionStore(client, settings.key_prefix, settings.decision_ttl_s),
         decision_log,
         publisher,
+        models,
     )
     server = build_server(servicer, client, grpc_address(settings.grpc_port, process))
-    return GrpcProcess(server, [publisher.close, decision_log.close, profiles.close, client.close])
+    return GrpcProcess(
+        server, [publisher.close, decision_log.close, profiles.close, models.close, client.close]
+    )
 
 
 def main() -> None:

@@ -42,8 +42,9 @@ from services.personalisation.adapters.decisions import (
     DecisionStore,
     StoredDecision,
 )
+from services.personalisation.adapters.model_source import ModelSource
 from services.personalisation.adapters.profile_source import ProfileSource
-from services.personalisation.domain import arbitration
+from services.personalisation.domain import arbitration, policy
 from services.personalisation.domain.arbitration import (
     Decision,
     DecisionRequest,
@@ -51,9 +52,12 @@ from services.personalisation.domain.arbitration import (
     Stage,
 )
 from services.personalisation.domain.catalogue import PURPOSES, Catalogue
+from services.personalisation.domain.learning import LEARNER_FIELDS
+from services.personalisation.domain.policy import PolicyKind
 from services.personalisation.settings import PersonalisationSettings
 from services.personalisation.views import (
     BASES,
+    POLICIES,
     action_message,
     catalogue_actions,
     channel_name,
@@ -153,9 +157,9 @@ def logged_action(action: pb.RankedAction) -> pb.RankedAction:
 
 
 def profile_names(catalogue: Catalogue) -> tuple[str, ...]:
-    """What a decision asks the profile for: the fields the catalogue reads and every
-    consent."""
-    return tuple(sorted(catalogue.fields_read() | CONSENT_FIELDS))
+    """What a decision asks the profile for: the fields the catalogue and the learner
+    read, and every consent."""
+    return tuple(sorted(catalogue.fields_read() | LEARNER_FIELDS | CONSENT_FIELDS))
 
 
 def loggable_context(context: pb.RequestContext) -> pb.RequestContext:
@@ -177,6 +181,7 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         store: DecisionStore,
         decision_log: DecisionLog | None,
         publisher: TouchpointPublisher | None,
+        models: ModelSource | None = None,
     ) -> None:
         self.settings = settings
         self.catalogue = catalogue
@@ -185,6 +190,7 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         self.store = store
         self.decision_log = decision_log
         self.publisher = publisher
+        self.models = models
         self._names: tuple[str, tuple[str, ...]] = ("", ())
 
     # --- Decide -------------------------------------------------------------------------
@@ -254,18 +260,26 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             catalogue, decision_request, profile, identified=identifier is not None, holdout=holdout
         )
         decision_id = uuid.uuid4().hex
+        # The policy orders the eligible actions (the learned model samples its order);
+        # the contact ledger then takes the first it allows.
+        choice = policy.order(
+            ranking,
+            {**ranking.features, **arbitration.request_fields(decision_request)},
+            self.models.current if self.models is not None else None,
+            decision_id,
+        )
         if person:
             reservation = self.ledger.reserve(
                 person,
                 decision_id,
                 now_ms,
-                arbitration.candidates(catalogue, ranking),
+                arbitration.candidates(catalogue, choice.ranking),
                 decision_request.want,
                 catalogue.marketing_per_day,
             )
         else:
-            reservation = arbitration.choose_without_ledger(ranking, decision_request.want)
-        decision = arbitration.finish(ranking, reservation)
+            reservation = arbitration.choose_without_ledger(choice.ranking, decision_request.want)
+        decision = arbitration.finish(choice.ranking, reservation)
         self.store.save(
             StoredDecision(
                 decision_id=decision_id,
@@ -284,9 +298,22 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         reply = self._reply(
             decision_id, decision, profile, catalogue.version, person, decision_request.placement
         )
+        reply.policy = POLICIES[choice.policy]
+        reply.model_version = choice.model_version
+        slot = policy.probabilities(choice, decision, reservation)
+        for action in reply.actions:
+            action.probability = slot[action.action_id]
+            if choice.policy is PolicyKind.LEARNED:
+                action.reasons.append(
+                    pb.Reason(
+                        code="policy.learned",
+                        detail=f"model {choice.model_version}: picked with probability "
+                        f"{action.probability:.3f}",
+                    )
+                )
         if request.explain:
             reply.filtered.extend(filtered_action(f) for f in decision.filtered)
-        self._log(reply, request, decision, now_ms)
+        self._log(reply, request, decision, now_ms, policy.unavailable(decision, reservation))
         self._count(decision_request.placement, reply, decision)
         return reply
 
@@ -315,7 +342,12 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         return reply
 
     def _log(
-        self, reply: pb.DecideResponse, request: pb.DecideRequest, decision: Decision, now_ms: int
+        self,
+        reply: pb.DecideResponse,
+        request: pb.DecideRequest,
+        decision: Decision,
+        now_ms: int,
+        unavailable: set[str],
     ) -> None:
         if self.decision_log is None:
             return
@@ -342,6 +374,11 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
             ranked=[
                 logged_action(ranked_action(s, i, reply.profile_id, request.placement))
                 for i, s in enumerate(ranking.ranked, start=1)
+            ],
+            policy=reply.policy,
+            model_version=reply.model_version,
+            unavailable=[
+                s.action.action_id for s in ranking.ranked if s.action.action_id in unavailable
             ],
         )
         record.decided_at.FromMilliseconds(now_ms)

@@ -36,3 +36,7 @@ class PersonalisationSettings(BaseSettings):
     key_prefix: str = "cx:"
     # The decision log's producer keeps records this long while Kafka is away.
     decision_log_timeout_s: float = 300.0
+    # Rewards, settling window, the model's options and checkpoints (learning.toml).
+    learning_file: Path = CONFIG_DIR / "learning.toml"
+    # How often a Decide server checks for a new model version (no restart needed).
+    model_check_every_s: float = 2.0

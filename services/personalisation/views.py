@@ -19,6 +19,7 @@ from services.personalisation.domain.arbitration import (
     Stage,
 )
 from services.personalisation.domain.catalogue import Action, Catalogue, Variant
+from services.personalisation.domain.policy import PolicyKind
 
 STAGES = {
     Stage.ELIGIBILITY: pb.STAGE_ELIGIBILITY,
@@ -32,6 +33,13 @@ BASES = {
     Basis.ANONYMOUS: pb.BASIS_ANONYMOUS,
     Basis.UNKNOWN_PROFILE: pb.BASIS_UNKNOWN_PROFILE,
     Basis.NO_PERSONALISATION_CONSENT: pb.BASIS_NO_PERSONALISATION_CONSENT,
+}
+
+POLICIES = {
+    PolicyKind.LEARNED: pb.DECISION_POLICY_LEARNED,
+    PolicyKind.STATIC: pb.DECISION_POLICY_STATIC,
+    PolicyKind.CONTROL: pb.DECISION_POLICY_CONTROL,
+    PolicyKind.GENERIC: pb.DECISION_POLICY_GENERIC,
 }
 
 
@@ -88,8 +96,10 @@ def ranked_action(scored: Scored, rank: int, person: str, placement: str) -> pb.
         score=score_parts(scored.score),
         reasons=[pb.Reason(code=r.code, detail=r.detail) for r in scored.reasons],
         rank=rank,
-        # The ranking is deterministic: the chosen action had probability 1.
+        # Deterministic policies pick with probability 1; the learned one's probabilities
+        # are set by the caller (policy.probabilities).
         probability=1.0,
+        promoted=scored.promoted,
     )
 
 

@@ -30,6 +30,7 @@ from enum import StrEnum
 from services.common.conditions import FieldValue
 from services.common.contact_ledger import Candidate, CapRule, Reservation
 from services.personalisation.domain.catalogue import Action, Catalogue, ContactRule
+from services.personalisation.domain.learning import LEARNER_FIELDS
 
 DAY_MS = 86_400_000
 # Field prefixes that do not come from the profile: usable without personalisation consent.
@@ -307,13 +308,15 @@ def rank(
         ranked.append(Scored(action, parts, is_promoted, tuple(reasons)))
 
     ranked.sort(key=lambda s: (not s.promoted, -s.score.priority, s.action.action_id))
-    # What the decision log keeps: the fields the policy read that the profile has.
-    used = catalogue.fields_read() | {CONSENT_PREFIX + PERSONALISATION_PURPOSE}
+    # What the decision log keeps: the fields the policy and the learner read that the
+    # profile has, and the person's segments.
+    used = catalogue.fields_read() | LEARNER_FIELDS | {CONSENT_PREFIX + PERSONALISATION_PURPOSE}
     features = {
         name: fields[name]
         for name in sorted(used)
         if name in fields and (personal or name.startswith(CONSENT_PREFIX))
     }
+    features.update({f"segment.{s}": True for s in sorted(segments)})
     return Ranking(basis, holdout, tuple(ranked), tuple(filtered), tuple(signals), features)
 
 

@@ -255,6 +255,7 @@ class Model:
             # that are not saved (exploration, interactions) are given again.
             args = f"--quiet -i {path}"
         self._vw = vowpalwabbit.Workspace(args)
+        self._closed = False
         if self._path is not None:
             os.unlink(self._path)
             self._path = None
@@ -272,6 +273,8 @@ class Model:
         if not arms:
             return []
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"model {self.version or '(new)'} is closed")
             pmf = self._vw.predict(example_lines(shared, arms))
         values = [max(float(p), 0.0) for p in pmf]
         total = sum(values)
@@ -301,7 +304,9 @@ class Model:
 
     def close(self) -> None:
         with self._lock:
-            self._vw.finish()
+            if not self._closed:
+                self._closed = True
+                self._vw.finish()
 
 
 def model_version(sequence: int, model_bytes: bytes) -> str:

@@ -1,0 +1,102 @@
+"""Where Decide servers find the learned model: the learner's latest checkpoint in Redis
+(key layout in `learning_store`). Each server checks for a new version every few seconds
+and swaps it in without a restart; a decision names the version it used."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from prometheus_client import Counter, Gauge
+
+from services.common.redis_values import as_text
+from services.personalisation.domain.learning import Model
+
+log = logging.getLogger(__name__)
+
+
+def current_key(prefix: str) -> str:
+    """Hash of the current checkpoint: version, sequence, cursor, trained, created_ms."""
+    return f"{prefix}nba:model:current"
+
+
+def blob_key(prefix: str, version: str) -> str:
+    """A checkpoint's model bytes."""
+    return f"{prefix}nba:model:blob:{version}"
+
+
+MODEL_LOADS = Counter(
+    "cx_personalisation_model_loads",
+    "Model versions a Decide server loaded, by result (loaded, failed)",
+    ["result"],
+)
+MODEL_SEQUENCE = Gauge(
+    "cx_personalisation_model_sequence", "Sequence number of the model version in use"
+)
+
+
+class ModelSource:
+    def __init__(self, client: redis.Redis, key_prefix: str, vw_args: str) -> None:
+        self.client = client
+        self.prefix = key_prefix
+        self.vw_args = vw_args
+        self._model: Model | None = None
+        self._lock = threading.Lock()
+        self._error = ""
+        self.loaded_at_ms = 0
+
+    @property
+    def current(self) -> Model | None:
+        return self._model
+
+    def refresh(self) -> None:
+        """Loads the learner's current checkpoint when its version is new. A checkpoint
+        that cannot be loaded keeps the model in use and is counted."""
+        with self._lock:
+            try:
+                current = self.client.hgetall(current_key(self.prefix))
+            except redis.RedisError as exc:
+                self._error = f"Redis: {exc}"
+                return
+            if not current:
+                self._error = ""
+                return
+            fields = {as_text(k): as_text(v) for k, v in current.items()}
+            version = fields.get("version", "")
+            if not version or (self._model is not None and self._model.version == version):
+                self._error = ""
+                return
+            try:
+                blob = self.client.get(blob_key(self.prefix, version))
+                if blob is None:
+                    raise ValueError(f"checkpoint {version} has no model bytes")
+                data = blob if isinstance(blob, bytes) else str(blob).encode("latin-1")
+                model = Model(self.vw_args, version, data)
+            except (redis.RedisError, ValueError, RuntimeError) as exc:
+                MODEL_LOADS.labels("failed").inc()
+                self._error = f"model {version} not loaded: {exc}"
+                log.warning("%s", self._error)
+                return
+            # The previous model is not finished here: a decision may still hold it; it
+            # goes when the last reference does.
+            self._model = model
+            self.loaded_at_ms = int(time.time() * 1000)
+            self._error = ""
+            MODEL_LOADS.labels("loaded").inc()
+            sequence = fields.get("sequence", "")
+            if sequence.isdigit():
+                MODEL_SEQUENCE.set(int(sequence))
+            log.info("model %s loaded", version)
+
+    def healthy(self) -> bool:
+        """False when the latest checkpoint could not be read or loaded (decisions then use
+        the model in use, or the static rules without one)."""
+        return not self._error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                self._model.close()
+                self._model = None
