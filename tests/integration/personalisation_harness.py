@@ -18,7 +18,9 @@ from services.common.contact_ledger import ContactLedger
 from services.common.settings import KafkaSettings
 from services.personalisation.adapters.catalogue_file import CatalogueFile
 from services.personalisation.adapters.decisions import DecisionLog, DecisionStore
+from services.personalisation.adapters.model_source import ModelSource
 from services.personalisation.adapters.profile_source import GrpcProfileSource
+from services.personalisation.domain.learning import load_learning
 from services.personalisation.server import build_server
 from services.personalisation.service import PersonalisationServicer
 from services.personalisation.settings import PersonalisationSettings
@@ -45,6 +47,7 @@ class PersonalisationHarness(ProfileHarness):
             key_prefix=self.settings.key_prefix,
             catalogue_file=self.catalogue_path,
             catalogue_check_every_s=0.2,
+            model_check_every_s=0.2,
             **{"holdout_percent": 0.0, **settings},
         )
         self.nba_redis = redis.Redis.from_url(
@@ -55,6 +58,13 @@ class PersonalisationHarness(ProfileHarness):
             base.kafka_bootstrap_servers, self.kafka.decisions_topic, 30.0
         )
         self.profile_source = GrpcProfileSource(f"127.0.0.1:{self.profile_server.port}")
+        # The learned model, as servers find it: the learner's checkpoints under this
+        # run's key prefix (none until a test writes or trains one: the static rules).
+        self.models = ModelSource(
+            self.nba_redis,
+            self.settings.key_prefix,
+            load_learning(self.nba_settings.learning_file).model.vw_args,
+        )
         self.servicer = PersonalisationServicer(
             self.nba_settings,
             CatalogueFile(self.catalogue_path),
@@ -65,6 +75,7 @@ class PersonalisationHarness(ProfileHarness):
             ),
             self.decision_log,
             self.publisher,
+            self.models,
         )
         self.nba_server = build_server(self.servicer, self.nba_redis, "127.0.0.1:0")
         self.nba_server.start()
@@ -101,4 +112,5 @@ class PersonalisationHarness(ProfileHarness):
         super().close()
         self.decision_log.close(timeout_s=10)
         self.profile_source.close()
+        self.models.close()
         self.nba_redis.close()
