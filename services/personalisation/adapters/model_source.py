@@ -45,6 +45,8 @@ class ModelSource:
         self._model: Model | None = None
         self._lock = threading.Lock()
         self._error = ""
+        # A version that failed to load is not tried again (the learner writes a new one).
+        self._failed_version = ""
         self.loaded_at_ms = 0
 
     @property
@@ -68,6 +70,8 @@ class ModelSource:
             if not version or (self._model is not None and self._model.version == version):
                 self._error = ""
                 return
+            if version == self._failed_version:
+                return
             try:
                 blob = self.client.get(blob_key(self.prefix, version))
                 if blob is None:
@@ -76,6 +80,7 @@ class ModelSource:
                 model = Model(self.vw_args, version, data)
             except (redis.RedisError, ValueError, RuntimeError) as exc:
                 MODEL_LOADS.labels("failed").inc()
+                self._failed_version = version
                 self._error = f"model {version} not loaded: {exc}"
                 log.warning("%s", self._error)
                 return
