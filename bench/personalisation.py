@@ -2,11 +2,14 @@
 
 1. A few hundred demo customers go through ingestion (the stack's IngestService, then its
    profile worker); the bench waits until the profile service has them.
-2. The service runs as its own process twice, once per profile source
+2. The service runs as its own process three times: once per profile source
    (`PERSONALISATION_PROFILE_SOURCE=grpc`, the default, reading through
    ProfileService.GetFeatures; and `reader`, the profile's reader as a library on Redis),
-   each with its own contact-ledger key prefix and decision-log topic, so one run's
-   impressions do not cap the next and the demo's decision log stays clean.
+   both with the static rules (no model yet), and once more over gRPC with a learned
+   model in place (a checkpoint trained on synthetic outcomes over the whole catalogue),
+   so the bandit's predict and sampling are in the figures. Each has its own
+   contact-ledger key prefix and decision-log topic, so one run's impressions do not cap
+   the next and the demo's decision log stays clean.
 3. ghz (a protoset built from protos/: its reflection client answers "Symbol not found"
    on these servers and its proto parser rejects proto3 `optional`) sends Decide at fixed
    rates over the customers, cycling through a data file of requests for three
@@ -66,11 +69,19 @@ from services.common.topics import TopicSpec
 from services.demo.journeys import DemoConfig, generate
 from services.demo.run import lanes
 from services.ingest.settings import IngestSettings
+from services.personalisation.adapters.model_source import blob_key, current_key
 from services.personalisation.adapters.profile_source import (
     GrpcProfileSource,
     ReaderProfileSource,
 )
 from services.personalisation.domain.catalogue import load_catalogue
+from services.personalisation.domain.learning import (
+    ArmSpec,
+    Model,
+    TrainingExample,
+    load_learning,
+    model_version,
+)
 from services.personalisation.service import CONSENT_FIELDS
 from services.personalisation.settings import PersonalisationSettings
 from services.profile.adapters.layout import Keys
@@ -514,6 +525,40 @@ def read_costs(customer_ids: Sequence[str], calls: int) -> list[Figures]:
 # --- the run ---------------------------------------------------------------------------------
 
 
+def seed_model(key_prefix: str, examples: int = 3000) -> str:
+    """Writes a checkpoint as the learner would, trained on random outcomes over every
+    action of the catalogue: what a server with a model does per decision is then
+    measured (its weights do not matter to the cost)."""
+    catalogue = load_catalogue(PersonalisationSettings().catalogue_file)
+    arms = tuple(ArmSpec(a.action_id, a.kind) for a in catalogue.actions)
+    model = Model(load_learning().model.vw_args)
+    rng = random.Random(SEED)
+    tiers = ("none", "bronze", "silver", "gold", "platinum")
+    for i in range(examples):
+        offered = tuple(rng.sample(arms, 6))
+        shared = (
+            f"shared |u value_tier={rng.choice(tiers)} seg=s{rng.randrange(8)}"
+            f" |r placement=p{rng.randrange(3)}"
+        )
+        chosen = rng.randrange(len(offered))
+        model.learn(
+            TrainingExample(f"b{i}", shared, offered, chosen, 1 / 6, rng.choice((0.0, 0.1, 0.7)))
+        )
+    data = model.to_bytes()
+    model.close()
+    version = model_version(1, data)
+    client = redis.Redis.from_url(redis_settings().redis_url)
+    try:
+        client.set(blob_key(key_prefix, version), data)
+        client.hset(
+            current_key(key_prefix),
+            mapping={"version": version, "sequence": 1, "cursor": "0-0", "trained": examples},
+        )
+    finally:
+        client.close()
+    return version
+
+
 def _service(name: str, source: str, run_id: str, topic: str, logs: Path) -> Server:
     port = free_port()
     env = {
@@ -523,11 +568,11 @@ def _service(name: str, source: str, run_id: str, topic: str, logs: Path) -> Ser
         "PERSONALISATION_METRICS_PORT": "0",
         "PERSONALISATION_PROFILE_SOURCE": source,
         # Its own contact ledger and decisions: one run's impressions do not cap the next.
-        "PERSONALISATION_KEY_PREFIX": f"{run_id}-{source}:",
+        "PERSONALISATION_KEY_PREFIX": f"{run_id}-{name}:",
         "DECISIONS_TOPIC": topic,
     }
     argv = [sys.executable, "-m", "services.personalisation.server"]
-    return Server(name, port, argv, env, logs / f"{run_id}-{source}.log")
+    return Server(name, port, argv, env, logs / f"{run_id}-{name}.log")
 
 
 def _baseline(run_id: str, logs: Path) -> Server:
@@ -607,10 +652,13 @@ def run(
     variants = [
         ("service, profile via gRPC", _service("grpc", "grpc", run_id, topic, out_dir)),
         ("service, profile via reader", _service("reader", "reader", run_id, topic, out_dir)),
+        ("service, gRPC, learned model", _service("learned", "grpc", run_id, topic, out_dir)),
         ("baseline: GetProfile + rank", _baseline(run_id, out_dir)),
     ]
     results: dict[str, list[Run]] = {}
     spikes: list[str] = []
+    version = seed_model(f"{run_id}-learned:")
+    print(f"learned model for the 'learned' runs: checkpoint {version}")
     try:
         costs = read_costs(customer_ids, read_calls)
         for label, server in variants:
@@ -630,7 +678,7 @@ def run(
         _cleanup(run_id, topic)
 
     print_table(f"one profile read, {read_calls} sequential calls", costs)
-    runs = [r for name in ("grpc", "reader", "baseline") for r in results.get(name, [])]
+    runs = [r for name in ("grpc", "reader", "learned", "baseline") for r in results.get(name, [])]
     print_runs(
         f"personalisation: Decide under ghz {GHZ_VERSION} (c={GHZ_CONCURRENCY}, one connection), "
         "latency of OK calls",
@@ -644,13 +692,13 @@ def run(
 
     print("\nservice / baseline (lower is better):")
     base = {r.target: r for r in results.get("baseline", [])}
-    for name in ("grpc", "reader"):
+    for name in ("grpc", "reader", "learned"):
         for r in results.get(name, []):
             b = base.get(r.target)
             if b is None or not b.p(50) or not b.p(99):
                 continue
             print(f"  {r.name:<34} p50 {r.p(50) / b.p(50):5.2f}x   p99 {r.p(99) / b.p(99):5.2f}x")
-    for name in ("grpc", "reader", "baseline"):
+    for name in ("grpc", "reader", "learned", "baseline"):
         within = [
             r
             for r in results.get(name, [])
@@ -660,7 +708,11 @@ def run(
             f"highest tested rate with p99 <= {GOAL_P99_MS:g} ms and no errors ({name}): "
             + (f"{max(r.target for r in within)}/s" if within else "none")
         )
-    for name, label in (("grpc", "profile via gRPC, the default"), ("reader", "reader")):
+    for name, label in (
+        ("grpc", "profile via gRPC, the default"),
+        ("reader", "reader"),
+        ("learned", "gRPC with a learned model"),
+    ):
         at_goal = [r for r in results.get(name, []) if r.target == GOAL_RATE]
         if not at_goal:
             continue
