@@ -1,7 +1,9 @@
 """The `cx` command line (typer + rich).
 
 - `cx events send FILE`: JSON-lines touchpoint events through ingestion.
-- `cx nba decide | outcome | actions`: the personalisation service's next best actions.
+- `cx nba decide | outcome | actions`: the personalisation service's next best actions;
+  `cx nba report | evaluate`: the evidence from its decision log (lift over the holdout,
+  and what another policy would have earned).
 - `cx alerts list | show | ack | resolve | watch | silence add|list|expire`: experience
   incidents and silences, from the alerts service.
 

@@ -3,10 +3,13 @@ personalisation service (`cx.personalisation.v1.PersonalisationService`)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
-from typing import Annotated, Literal, get_args
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
 import typer
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -19,12 +22,28 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli import nba_render as render
+from services.cli.alerts import DURATION_RE, UNIT_S
 from services.cli.common import stdout_console, stub_for
-from services.common.settings import grpc_address
+from services.common.conditions import RuleConfigError
+from services.common.settings import grpc_address, kafka_settings
+from services.personalisation.adapters.decision_log_reader import (
+    DecisionLogRead,
+    DecisionLogUnavailable,
+    read_settled,
+)
+from services.personalisation.domain import evaluation
+from services.personalisation.domain.catalogue import load_catalogue
+from services.personalisation.domain.learning import (
+    LearningConfig,
+    LearningConfigError,
+    Model,
+    load_learning,
+)
 from services.personalisation.settings import PersonalisationSettings
 
 app = typer.Typer(
-    help="Next-best-action: decisions, outcomes and the action catalogue.",
+    help="Next-best-action: decisions, outcomes, the action catalogue, and the evidence "
+    "from the decision log (report, evaluate).",
     no_args_is_help=True,
 )
 
@@ -309,3 +328,253 @@ def actions(
         print_json(listed)
     else:
         stdout_console().print(render.catalogue_table(listed))
+
+
+# --- evidence: report and evaluate ----------------------------------------------------
+
+LOG = "Decision log"
+POLICY_NAMES = ("static", "control", "logged")
+POLICY_FILES = ("model", "catalogue")
+EXIT_UNAVAILABLE = 1
+DEFAULT_KAFKA_TIMEOUT_S = 3.0
+
+Since = Annotated[
+    str | None,
+    typer.Option(
+        help="Only decisions made since then: a duration ago (30m, 24h, 7d) or an ISO "
+        "date-time (UTC unless given).",
+        show_default="the whole log",
+        rich_help_panel=LOG,
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option(
+        help="Only decisions made before then: a duration ago or an ISO date-time.",
+        show_default="now",
+        rich_help_panel=LOG,
+    ),
+]
+Placement = Annotated[
+    str | None,
+    typer.Option(help="Only decisions at this placement.", show_default="every placement"),
+]
+LearningFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="The learning file (rewards and settling window); by default "
+        "PERSONALISATION_LEARNING_FILE.",
+        show_default="the shipped learning.toml",
+        rich_help_panel=LOG,
+    ),
+]
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        help="Kafka's bootstrap servers; by default KAFKA_BOOTSTRAP_SERVERS (the topics: "
+        "DECISIONS_TOPIC and TOUCHPOINTS_TOPIC).",
+        show_default="127.0.0.1:9092",
+        rich_help_panel=LOG,
+    ),
+]
+KafkaTimeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        help="Seconds to wait for Kafka to answer (and to send more while reading).",
+        rich_help_panel=LOG,
+    ),
+]
+JsonOut = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON.", rich_help_panel=CALL)
+]
+
+
+def moment(text: str | None, option: str, now: datetime) -> datetime | None:
+    """`--since`/`--until`: a duration before `now` (30m, 24h, 7d) or an ISO date-time."""
+    if text is None:
+        return None
+    found = DURATION_RE.match(text.strip())
+    if found:
+        if int(found.group(1)) == 0:
+            raise typer.BadParameter(f"{text!r} is an empty duration", param_hint=option)
+        return now - timedelta(seconds=int(found.group(1)) * UNIT_S[found.group(2)])
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{text!r} is neither a duration such as 24h or 7d nor an ISO date-time such "
+            "as 2026-11-23T18:00",
+            param_hint=option,
+        ) from exc
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _ms(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp() * 1000)
+
+
+def learning_config(path: Path | None) -> LearningConfig:
+    try:
+        return load_learning(path or PersonalisationSettings().learning_file)
+    except LearningConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--learning-file'") from exc
+
+
+def read_log(
+    *,
+    placement: str | None,
+    since: str | None,
+    until: str | None,
+    learning_file: Path | None,
+    bootstrap: str | None,
+    timeout: float,
+) -> tuple[DecisionLogRead, dict[str, Any]]:
+    """The settled decisions, and the filters as the JSON output shows them."""
+    now = datetime.now(UTC)
+    start, end = moment(since, "'--since'", now), moment(until, "'--until'", now)
+    if start is not None and end is not None and start >= end:
+        raise typer.BadParameter("must be before --until", param_hint="'--since'")
+    config = learning_config(learning_file)
+    kafka = kafka_settings()
+    if bootstrap:
+        kafka = kafka.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+    try:
+        read = read_settled(
+            kafka,
+            config,
+            since_ms=_ms(start),
+            until_ms=_ms(end),
+            placement=placement,
+            now_ms=_ms(now),
+            connect_timeout_s=timeout,
+            stall_timeout_s=max(timeout, 10.0),
+        )
+    except DecisionLogUnavailable as exc:
+        print(f"error: UNAVAILABLE: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+    filters = {
+        "placement": placement,
+        "since": start.isoformat() if start else None,
+        "until": end.isoformat() if end else None,
+        "settle_after_s": config.window.settle_after_s,
+        "decisions_topic": kafka.decisions_topic,
+        "touchpoints_topic": kafka.touchpoints_topic,
+    }
+    return read, filters
+
+
+@app.command()
+def report(
+    placement: Placement = None,
+    since: Since = None,
+    until: Until = None,
+    learning_file: LearningFile = None,
+    bootstrap: Bootstrap = None,
+    timeout: KafkaTimeout = DEFAULT_KAFKA_TIMEOUT_S,
+    json_out: JsonOut = False,
+) -> None:
+    """Reward rate of the treatment against the holdout, per placement, from the decision
+    log (`cx.decisions.v1` and the outcome events on `cx.touchpoints.v1`).
+
+    The reward rate is the mean reward per decision with a profile (a decision's reward:
+    the best outcome of its first action within the learning file's window, 0 without
+    one). Shows the difference with Welch's 95 % interval and the relative lift
+    (treatment - holdout) / holdout with a delta-method 95 % interval. Decisions whose
+    window has not ended, without an accept or dismiss yet, are left out and counted.
+    """
+    read, filters = read_log(
+        placement=placement,
+        since=since,
+        until=until,
+        learning_file=learning_file,
+        bootstrap=bootstrap,
+        timeout=timeout,
+    )
+    rows = evaluation.report(read.decisions)
+    if json_out:
+        out = {**filters, "log": read.summary(), "placements": [r.as_dict() for r in rows]}
+        print(json.dumps(out, indent=2))
+        return
+    stdout_console().print(render.lift_report(rows, read.summary(), filters))
+
+
+def target_policy(spec: str) -> evaluation.Target:
+    """`--policy`: static, control, logged, model:FILE or catalogue:FILE."""
+    hint = "'--policy'"
+    name, sep, path_text = spec.partition(":")
+    if not sep:
+        target = evaluation.TARGETS.get(spec)
+        if target is None:
+            raise typer.BadParameter(
+                f"{spec!r} is not one of {', '.join(POLICY_NAMES)}, model:FILE, catalogue:FILE",
+                param_hint=hint,
+            )
+        return target
+    if name not in POLICY_FILES or not path_text:
+        raise typer.BadParameter(f"{spec!r}: give model:FILE or catalogue:FILE", param_hint=hint)
+    path = Path(path_text)
+    if name == "catalogue":
+        try:
+            return evaluation.catalogue_target(load_catalogue(path))
+        except RuleConfigError as exc:
+            raise typer.BadParameter(f"the candidate catalogue: {exc}", param_hint=hint) from exc
+    try:
+        model_bytes = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"the candidate model: {exc}", param_hint=hint) from exc
+    try:
+        model = Model("", path.name, model_bytes)
+    except Exception as exc:  # VW raises plain RuntimeError and friends
+        raise typer.BadParameter(
+            f"{path} is not a Vowpal Wabbit model: {exc}", param_hint=hint
+        ) from exc
+    return evaluation.model_target(model)
+
+
+@app.command()
+def evaluate(
+    policy: Annotated[
+        str,
+        typer.Option(
+            metavar="POLICY",
+            help="The policy to evaluate: static (the static rules, P x C x V x L), control "
+            "(value x lever), logged (the policy that made the decisions), model:FILE (a "
+            "Vowpal Wabbit model, greedy) or catalogue:FILE (a candidate catalogue's "
+            "static rules).",
+        ),
+    ],
+    placement: Placement = None,
+    since: Since = None,
+    until: Until = None,
+    learning_file: LearningFile = None,
+    bootstrap: Bootstrap = None,
+    timeout: KafkaTimeout = DEFAULT_KAFKA_TIMEOUT_S,
+    json_out: JsonOut = False,
+) -> None:
+    """Estimate what another policy would have earned per decision, from the decision log:
+    IPS and self-normalised IPS with 95 % intervals, off the probabilities with which
+    the logged actions were shown.
+
+    Evaluated on the treatment's decisions with a profile that showed an action. Also
+    shows what the logged policy earned on them, how many decisions the policy would
+    have decided the same way (matched) and the effective sample size: a policy that
+    rarely agrees with the log rests on few decisions. A candidate catalogue sees only
+    the profile fields the log kept (those the catalogue in use and the learner read).
+    """
+    target = target_policy(policy)
+    read, filters = read_log(
+        placement=placement,
+        since=since,
+        until=until,
+        learning_file=learning_file,
+        bootstrap=bootstrap,
+        timeout=timeout,
+    )
+    result = evaluation.off_policy(read.decisions, target)
+    if json_out:
+        out = {"policy": policy, **filters, "log": read.summary(), **result.as_dict()}
+        print(json.dumps(out, indent=2))
+        return
+    stdout_console().print(render.off_policy(policy, result, read.summary(), filters))

@@ -3,7 +3,7 @@ renderables out). Every text from the server goes in as `Text`, never as markup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +14,14 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+
+from services.personalisation.domain.evaluation import (
+    OVERALL,
+    Comparison,
+    Estimate,
+    OffPolicy,
+    Rate,
+)
 
 NONE = Text("-", style="dim")
 # The widest a table's text column (titles, reasons, conditions, ...) grows, and the
@@ -379,3 +387,145 @@ def action_detail(reply: pb.GetActionResponse) -> RenderableType:
     if not action.variants:
         return fields
     return Group(fields, Text(), variants_table(action.variants))
+
+
+# --- evidence from the decision log ---------------------------------------------------
+
+
+def rate(value: float) -> str:
+    """A reward rate (mean reward per decision)."""
+    return f"{value:.4f}"
+
+
+def signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def percent(value: float) -> str:
+    """A relative lift: one decimal below 100 %."""
+    return f"{value * 100:+.1f}%" if abs(value) < 1 else f"{value * 100:+.0f}%"
+
+
+def interval(estimate: Estimate, fmt: Callable[[float], str], style: str = "bold") -> Text:
+    """The value, and the 95 % interval on a line of its own."""
+    text = Text(fmt(estimate.value), style=style)
+    text.append(f"\n[{fmt(estimate.low)},{fmt(estimate.high)}]", style="dim")
+    return text
+
+
+def difference_style(estimate: Estimate) -> str:
+    """Green when the interval lies above 0, red below, plain when it holds 0."""
+    if estimate.low > 0:
+        return "bold green"
+    if estimate.high < 0:
+        return "bold red"
+    return "bold"
+
+
+def group_rate(group: Rate) -> Text:
+    if not group.n:
+        return Text("-\nn 0", style="dim")
+    text = Text(rate(group.mean))
+    text.append(f"\nn {group.n}", style="dim")
+    return text
+
+
+def _log_caption(summary: Mapping[str, int], filters: Mapping[str, Any]) -> str:
+    span = []
+    if filters.get("since"):
+        span.append(f"since {filters['since']}")
+    if filters.get("until"):
+        span.append(f"until {filters['until']}")
+    where = f" ({', '.join(span)})" if span else ""
+    return (
+        f"{summary['read']} decisions read{where}: {summary['settled']} settled, "
+        f"{summary['unsettled']} not yet (within their {filters['settle_after_s']:g} s window "
+        f"without an accept or dismiss); {summary['outcomes']} outcomes of first actions."
+    )
+
+
+def lift_report(
+    rows: Sequence[Comparison], summary: Mapping[str, int], filters: Mapping[str, Any]
+) -> RenderableType:
+    """Treatment against the holdout, one row a placement and one for all of them."""
+    table = Table(
+        title="Reward rate (mean reward per decision): treatment against the holdout",
+        title_justify="left",
+        caption_justify="left",
+        # Without the outer frame it fits 80 columns.
+        show_edge=False,
+    )
+    table.add_column("placement", overflow="fold", max_width=TEXT_MAX)
+    table.add_column("treatment", justify="right", no_wrap=True)
+    table.add_column("holdout", justify="right", no_wrap=True)
+    # Wide enough for an interval on one line ([-0.0007,+0.0066], [-12.5%,+30.1%]); a
+    # note wraps.
+    table.add_column("difference", justify="right", overflow="fold", min_width=17, max_width=21)
+    table.add_column("lift", justify="right", overflow="fold", min_width=15, max_width=21)
+    for i, row in enumerate(rows):
+        if i == len(rows) - 1 and len(rows) > 1:
+            table.add_section()
+        if row.difference is None:
+            difference = Text(row.note, style="yellow")
+        else:
+            difference = interval(row.difference, signed, difference_style(row.difference))
+        if row.lift is not None:
+            lift = interval(row.lift, percent, difference_style(row.lift))
+        elif row.difference is not None:
+            lift = Text(row.note, style="yellow")
+        else:
+            lift = NONE.copy()
+        table.add_row(
+            Text(row.placement, style="bold" if row.placement == OVERALL else ""),
+            group_rate(row.treatment),
+            group_rate(row.holdout),
+            difference,
+            lift,
+        )
+    table.caption = (
+        "Decisions with a profile. Difference: treatment - holdout, Welch's 95% interval; "
+        "lift: difference / holdout, delta-method 95% interval.\n" + _log_caption(summary, filters)
+    )
+    return table
+
+
+def off_policy(
+    policy: str, result: OffPolicy, summary: Mapping[str, int], filters: Mapping[str, Any]
+) -> RenderableType:
+    """A policy's estimated reward rate, IPS and SNIPS, against what the log earned."""
+    fields = _fields(
+        [
+            ("policy", Text(policy, style="cyan")),
+            ("placement", filters.get("placement") or "every placement"),
+            ("evaluated", f"{result.n} decisions (treatment, with a profile, an action shown)"),
+            ("matched", f"{result.matched} decided as the policy would"),
+            ("effective size", f"{result.effective_sample_size:.1f}"),
+        ]
+    )
+    table = _table(
+        "Estimated reward rate (mean reward per decision)",
+        [("estimator", "word"), ("value", "num"), ("95% interval", "num"), ("std err", "num")],
+    )
+    for name, estimate in (
+        ("IPS", result.ips),
+        ("SNIPS", result.snips),
+        ("logged policy", result.logged),
+    ):
+        if estimate is None:
+            table.add_row(name, NONE.copy(), NONE.copy(), NONE.copy())
+            continue
+        table.add_row(
+            name,
+            Text(rate(estimate.value), style="bold"),
+            f"[{rate(estimate.low)}, {rate(estimate.high)}]",
+            rate(estimate.stderr),
+        )
+    table.caption = (
+        "IPS: mean of w x reward; SNIPS: sum(w x reward) / sum(w); w = the policy's "
+        "probability of the logged action / the logged probability.\n"
+        + _log_caption(summary, filters)
+    )
+    parts: list[RenderableType] = [fields, Text(), Fitted(table)]
+    if result.note:
+        parts.append(Text(result.note, style="yellow"))
+    return Group(*parts)
