@@ -18,7 +18,9 @@ its public gRPC API only (Decide, ReportOutcome).
   (`ProfileCatchUp`), each signed-in customer comes back once: the home page (the app's
   for app users), and a call to the contact centre for those whose experience went wrong.
 - `DecisionTally`: pure counting of the replies (the summary's personalisation section
-  formats it).
+  formats it), and every decision that showed an action with the reward the learner
+  counts for it (`Rewarded`), in the order the replies came, for the learning curve and
+  the holdout lift.
 - `Personaliser`: the client. Each touchpoint decision is asked when the journey reaches
   its touchpoint, that is once the batch carrying the touchpoint's event was sent; a
   customer's decisions and outcomes are made in order, by one worker thread. When the
@@ -36,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TextIO, TypeAlias, TypeVar
 
 import grpc
@@ -49,6 +52,13 @@ from services.common.experience import NegativeExperience as Kind
 from services.common.experience import negative_experiences
 from services.common.grpc_client import traced_channel
 from services.demo.journeys import Journey
+from services.personalisation.domain.learning import (
+    FINAL_OUTCOMES,
+    LearningConfigError,
+    Rewards,
+    load_learning,
+)
+from services.personalisation.settings import PersonalisationSettings
 
 HERO = "web.home.hero"
 BASKET = "web.basket.banner"
@@ -391,6 +401,15 @@ BASIS_NAMES = {
     pb.BASIS_UNKNOWN_PROFILE: "unknown profile",
     pb.BASIS_ANONYMOUS: "anonymous",
 }
+LEARNED = "learned"
+POLICY_NAMES = {
+    pb.DECISION_POLICY_LEARNED: LEARNED,
+    pb.DECISION_POLICY_STATIC: "static",
+    pb.DECISION_POLICY_CONTROL: "control",
+    pb.DECISION_POLICY_GENERIC: "generic",
+}
+TREATMENT = "treatment"
+HOLDOUT = "holdout"
 STAGE_NAMES = {
     pb.STAGE_ELIGIBILITY: "eligibility",
     pb.STAGE_CONSENT: "consent",
@@ -398,6 +417,43 @@ STAGE_NAMES = {
     pb.STAGE_CONTACT_POLICY: "contact policy",
     pb.STAGE_PRIORITISATION: "prioritisation",
 }
+
+
+@dataclass
+class Rewarded:
+    """A decision that showed an action, with the reward the learner counts for it:
+    `Rewards.settle` over the outcomes the demo reported for its FIRST action, up to the
+    first accept or dismiss (which settle it); no outcome is `no_outcome`."""
+
+    decision_id: str
+    placement: str
+    # TREATMENT or HOLDOUT.
+    group: str
+    # learned, static, control, generic (POLICY_NAMES), else unspecified.
+    policy: str
+    # The learned model's version (policy learned), else empty.
+    model_version: str
+    # profile, anonymous, unknown profile, no personalisation consent (BASIS_NAMES).
+    basis: str
+    action_id: str
+    business_value: float
+    reward: float
+    outcomes: list[str] = field(default_factory=list)
+
+    @property
+    def settled(self) -> bool:
+        return any(o in FINAL_OUTCOMES for o in self.outcomes)
+
+
+def learning_rewards(path: Path | None = None) -> tuple[Rewards, str]:
+    """The rewards the learner counts (the service's learning file,
+    PERSONALISATION_LEARNING_FILE), and why the defaults are used instead when the file
+    cannot be read (else empty)."""
+    path = path or PersonalisationSettings().learning_file
+    try:
+        return load_learning(path).rewards, ""
+    except LearningConfigError as exc:
+        return Rewards(), f"the learning file could not be read, so the default rewards: {exc}"
 
 
 @dataclass
@@ -452,6 +508,17 @@ class DecisionTally:
     errors: Counter[str] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
     example: Example | None = None
+    # What an outcome is worth (the learner's rewards); why they are the defaults.
+    rewards: Rewards = field(default_factory=Rewards)
+    rewards_note: str = ""
+    # Every decision that showed an action, in the order the replies came.
+    rewarded: list[Rewarded] = field(default_factory=list)
+    # Policy (POLICY_NAMES) -> decisions; model version -> decisions, first seen first,
+    # and the version of the latest decision that used one.
+    policies: Counter[str] = field(default_factory=Counter)
+    model_versions: Counter[str] = field(default_factory=Counter)
+    last_model_version: str = ""
+    _by_decision: dict[str, Rewarded] = field(default_factory=dict, repr=False)
 
     @property
     def outcomes_reported(self) -> int:
@@ -504,9 +571,41 @@ class DecisionTally:
         candidate = Example(point, reply)
         if self.example is None or candidate.merit() > self.example.merit():
             self.example = candidate
+        policy = POLICY_NAMES.get(reply.policy, "unspecified")
+        self.policies[policy] += 1
+        if reply.model_version:
+            self.model_versions[reply.model_version] += 1
+            self.last_model_version = reply.model_version
+        if reply.actions:
+            first = reply.actions[0]
+            entry = Rewarded(
+                decision_id=reply.decision_id,
+                placement=point.placement,
+                group=HOLDOUT if reply.holdout else TREATMENT,
+                policy=policy,
+                model_version=reply.model_version,
+                basis=basis,
+                action_id=first.action_id,
+                business_value=first.score.business_value,
+                reward=self.rewards.no_outcome,
+            )
+            self.rewarded.append(entry)
+            if reply.decision_id:
+                self._by_decision[reply.decision_id] = entry
 
-    def add_outcome(self, kind: str, outcome: Outcome) -> None:
-        self.outcomes[kind, OUTCOME_NAMES.get(outcome, str(outcome))] += 1
+    def add_outcome(
+        self, kind: str, outcome: Outcome, decision_id: str = "", action_id: str = ""
+    ) -> None:
+        """Counts a reported outcome; one of a decision's first action (`decision_id`,
+        `action_id`) also settles that decision's reward, until an accept or dismiss."""
+        name = OUTCOME_NAMES.get(outcome, str(outcome))
+        self.outcomes[kind, name] += 1
+        entry = self._by_decision.get(decision_id) if decision_id else None
+        if entry is None or entry.action_id != action_id or entry.settled:
+            return
+        if outcome in OUTCOME_NAMES:
+            entry.outcomes.append(name)
+            entry.reward = self.rewards.settle(entry.outcomes, entry.business_value)
 
     def add_error(self, call: str, code: str, details: str) -> None:
         self.errors[f"{call} {code}"] += 1
@@ -590,13 +689,23 @@ class Personaliser:
         points: Mapping[str, Sequence[DecisionPoint]],
         seed: int,
         workers: int = WORKERS,
+        rewards: Rewards | None = None,
     ) -> None:
         self.target = target
         self.points = points
         self.seed = seed
         total = sum(len(v) for v in points.values())
         customers = {p.customer_index for v in points.values() for p in v}
-        self.tally = DecisionTally(target=target, points=total, customers=len(customers))
+        note = ""
+        if rewards is None:
+            rewards, note = learning_rewards()
+        self.tally = DecisionTally(
+            target=target,
+            points=total,
+            customers=len(customers),
+            rewards=rewards,
+            rewards_note=note,
+        )
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self._queued = 0
@@ -767,4 +876,6 @@ class Personaliser:
                 if answer is None:
                     break
                 with self.lock:
-                    self.tally.add_outcome(action.kind, outcome)
+                    self.tally.add_outcome(
+                        action.kind, outcome, reply.decision_id, action.action_id
+                    )

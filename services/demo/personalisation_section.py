@@ -3,6 +3,12 @@ touchpoints and what the simulated customers did, counted from the replies of th
 own calls (`cx.personalisation.v1.PersonalisationService`: Decide with `explain`,
 ReportOutcome; see services/demo/personalisation.py), with the service's own counters
 (its Prometheus `/metrics`) as a cross-check.
+
+Learning: the reward of each decision that showed an action to a profile, as the learner
+counts it (the best outcome of its first action), in the order the replies came: the
+learning curve (reward per decision of the treatment and of the holdout, in equal chunks),
+which policy served and which model versions, and the holdout lift with its 95 %
+confidence interval (`evaluation.compare`, as `cx nba report` computes it).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.personalisation.v1 import personalisation_pb2 as pb
@@ -18,21 +25,35 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.settings import process_settings
 from services.demo.personalisation import (
+    HOLDOUT,
+    LEARNED,
     PLACEMENTS,
+    POLICY_NAMES,
     RECOVERY,
     RETURN,
     TOUCHPOINT,
+    TREATMENT,
     DecisionTally,
     Example,
+    Rewarded,
     is_held_back_selling,
 )
 from services.demo.summary import DemoRun, SectionUnavailable, reason
+from services.personalisation.domain.evaluation import NOT_ENOUGH, OVERALL, Rate, compare
+from services.personalisation.domain.learning import Rewards
 from services.personalisation.settings import PersonalisationSettings
 
 METRICS_TIMEOUT_S = 3.0
 DECISIONS_METRIC = "cx_personalisation_decisions"
 OUTCOMES_METRIC = "cx_personalisation_outcomes"
 OUTCOME_COLUMNS = ("impression", "click", "accept", "dismiss")
+# The learning curve: this many chunks of decisions, fewer when a chunk would hold fewer
+# than MIN_CHUNK; the lift needs MIN_GROUP decisions in each group (the holdout is 10 %
+# of profiles, so a small run has few).
+CURVE_CHUNKS = 10
+MIN_CHUNK = 20
+MIN_GROUP = 30
+PROFILE = "profile"
 KNOWN_BY = {
     ppb.IDENTIFIER_TYPE_CUSTOMER_ID: "customer id",
     ppb.IDENTIFIER_TYPE_ANONYMOUS_ID: "anonymous id",
@@ -184,6 +205,164 @@ def example_lines(example: Example | None) -> list[str]:
     return out
 
 
+def reward_terms(rewards: Rewards) -> str:
+    accept = (
+        f"value/{rewards.value_scale:g}" if rewards.accept == "value" else f"{rewards.accept:g}"
+    )
+    return (
+        f"click {rewards.click:g}, accept {accept}, dismiss {rewards.dismiss:g}, "
+        f"none {rewards.no_outcome:g}"
+    )
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One chunk of the learning curve: decisions `first` to `last` (1-based, in the
+    order decided), the reward of each group, and the treatment's learned decisions."""
+
+    first: int
+    last: int
+    treatment: Rate
+    holdout: Rate
+    learned: int
+
+
+def learning_curve(
+    decisions: Sequence[Rewarded], chunks: int = CURVE_CHUNKS, min_chunk: int = MIN_CHUNK
+) -> list[CurvePoint]:
+    """The decisions in `chunks` equal parts (sizes differ by one at most; fewer parts
+    when one would hold under `min_chunk`): each part's reward per decision, by group."""
+    n = len(decisions)
+    k = min(chunks, n // max(min_chunk, 1))
+    out = []
+    for i in range(k):
+        start, end = i * n // k, (i + 1) * n // k
+        part = decisions[start:end]
+        treated = [d for d in part if d.group == TREATMENT]
+        held = [d for d in part if d.group == HOLDOUT]
+        out.append(
+            CurvePoint(
+                first=start + 1,
+                last=end,
+                treatment=Rate(len(treated), sum(d.reward for d in treated)),
+                holdout=Rate(len(held), sum(d.reward for d in held)),
+                learned=sum(1 for d in treated if d.policy == LEARNED),
+            )
+        )
+    return out
+
+
+def share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def rate_cell(rate: Rate) -> str:
+    return f"{rate.mean:.3f}" if rate.n else "-"
+
+
+def curve_table(curve: Sequence[CurvePoint]) -> list[str]:
+    """The curve with the chunks as columns: the treatment's and the holdout's reward per
+    decision, and the share of the treatment's decisions the learned model made."""
+    rows = [
+        ("", [str(i + 1) for i in range(len(curve))]),
+        (TREATMENT, [rate_cell(c.treatment) for c in curve]),
+        (HOLDOUT, [rate_cell(c.holdout) for c in curve]),
+        ("learned", [share(c.learned, c.treatment.n) for c in curve]),
+    ]
+    width = max(6, *(len(cell) for _, cells in rows for cell in cells))
+    first = max(len(name) for name, _ in rows)
+    return [
+        f"{name:<{first}}  " + " ".join(f"{cell:>{width}}" for cell in cells)
+        for name, cells in rows
+    ]
+
+
+def span(values: Sequence[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def served_line(t: DecisionTally) -> str:
+    """Which policy made the decisions, and the model versions they used."""
+    names = list(POLICY_NAMES.values())
+    order = names + sorted(p for p in t.policies if p not in names)
+    policies = counts((p, t.policies[p]) for p in order if t.policies[p])
+    versions = list(t.model_versions)
+    if versions:
+        models = (
+            f"{plural(len(versions), 'model version')} (first {versions[0]}, "
+            f"last {t.last_model_version})"
+        )
+    else:
+        models = "no model version (no decision used a learned model)"
+    return f"policy of all {plural(t.decisions, 'decision')}: {policies}; {models}"
+
+
+def lift_line(treatment: Sequence[float], holdout: Sequence[float]) -> str:
+    """Treatment against the holdout: reward per decision, and the lift with its 95 %
+    confidence interval, or why there is none."""
+    c = compare(OVERALL, treatment, holdout)
+    head = (
+        f"holdout lift: treatment {c.treatment.mean:.4f} per decision "
+        f"({c.treatment.n:,}), holdout {c.holdout.mean:.4f} ({c.holdout.n:,}); "
+    )
+    for name, rate in ((HOLDOUT, c.holdout), (TREATMENT, c.treatment)):
+        if rate.n < MIN_GROUP:
+            return head + (
+                f"lift: {NOT_ENOUGH} (the {name} has {plural(rate.n, 'decision')}, "
+                f"{MIN_GROUP} needed)"
+            )
+    if c.lift is None:
+        diff = c.difference
+        why = c.note or NOT_ENOUGH
+        if diff is None:
+            return head + f"lift: {why}"
+        return head + (
+            f"lift: {why}; difference {diff.value:+.4f} "
+            f"(95% CI {diff.low:+.4f} to {diff.high:+.4f})"
+        )
+    lift = c.lift
+    return head + (
+        f"lift {100 * lift.value:+.1f}% (95% CI {100 * lift.low:+.1f}% to {100 * lift.high:+.1f}%)"
+    )
+
+
+def learning_lines(t: DecisionTally) -> list[str]:
+    """The rewards as the learner counts them for the decisions that showed an action to
+    a profile (the ones it learns from; the holdout is a share of profiles): the learning
+    curve, the policies and model versions, the holdout lift. `cx nba report` also counts
+    the profile decisions that showed nothing (reward `no_outcome`), so its rates are
+    lower."""
+    decisions = [d for d in t.rewarded if d.basis == PROFILE]
+    rewards = [d.reward for d in decisions]
+    mean = sum(rewards) / len(rewards) if rewards else 0.0
+    out = [
+        f"learning: {plural(len(decisions), 'decision')} showed a profile an action; reward "
+        f"per decision {mean:.4f} (the first action's best outcome: {reward_terms(t.rewards)})"
+    ]
+    if t.rewards_note:
+        out.append(f"  {t.rewards_note}")
+    out.append(f"  {served_line(t)}")
+    curve = learning_curve(decisions)
+    if curve:
+        sizes = [c.last - c.first + 1 for c in curve]
+        held = [c.holdout.n for c in curve]
+        out.append(
+            f"  reward per decision in the order decided ({len(curve)} chunks of "
+            f"{span(sizes)}, the holdout {span(held)} of each):"
+        )
+        out.extend(f"    {line}" for line in curve_table(curve))
+    else:
+        out.append(f"  no learning curve: {NOT_ENOUGH} ({MIN_CHUNK} decisions needed per chunk)")
+    out.append(
+        lift_line(
+            [d.reward for d in decisions if d.group == TREATMENT],
+            [d.reward for d in decisions if d.group == HOLDOUT],
+        )
+    )
+    return out
+
+
 PHASE_LABELS = {TOUCHPOINT: "at journey touchpoints", RETURN: "on return visits"}
 
 
@@ -233,6 +412,7 @@ def tally_lines(t: DecisionTally) -> list[str]:
     if t.signals:
         out.append("experience signals (decisions): " + counts(t.signals.most_common()))
     out.extend(outcome_lines(t))
+    out.extend(learning_lines(t))
     out.extend(example_lines(t.example))
     if t.gave_up:
         out.append(f"stopped early: {t.gave_up}; {t.skipped:,} touchpoints skipped")

@@ -88,6 +88,19 @@ def test_demo_sends_journeys_and_summarises_profiles_decisions_and_incidents(
     assert "contact policy and fatigue caps hit" in text
 
     assert _number(r"outcomes reported: ([\d,]+) \(", text) > 0
+    # Learning: the rewards of the decisions that showed a profile an action, the policies
+    # that served, and the holdout lift (or why there is none yet).
+    assert _number(r"(?m)^learning: ([\d,]+) decisions? showed a profile an action", text) > 0
+    assert re.search(r"(?m)^  policy of all [\d,]+ decisions: .*\b(static|learned) [\d,]+", text)
+    assert re.search(
+        r"(?m)^  (reward per decision in the order decided|no learning curve: not enough data)",
+        text,
+    ), text
+    assert re.search(
+        r"(?m)^holdout lift: treatment [\d.]+ per decision \([\d,]+\), holdout [\d.]+ "
+        r"\([\d,]+\); lift(:| [+-][\d.]+% \(95% CI )",
+        text,
+    ), text
     assert _number(r"\(([\d,]+) impressions", text) > 0
     example = section[next(i for i, line in enumerate(section) if line.startswith("example"))]
     assert example.startswith("example"), text

@@ -7,9 +7,10 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -32,7 +33,9 @@ from services.demo.personalisation import (
     DecisionPoint,
     DecisionTally,
     Personaliser,
+    Rewarded,
     decision_points,
+    learning_rewards,
     personalised_customers,
     points_by_event,
     return_visits,
@@ -40,6 +43,10 @@ from services.demo.personalisation import (
 )
 from services.demo.personalisation_section import (
     PersonalisationSection,
+    curve_table,
+    learning_curve,
+    learning_lines,
+    lift_line,
     metric_totals,
     placement_table,
     plural,
@@ -47,6 +54,7 @@ from services.demo.personalisation_section import (
 )
 from services.demo.sections import build_sections
 from services.demo.summary import DemoRun, SectionUnavailable, Summary
+from services.personalisation.domain.learning import Rewards, load_learning
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CUSTOMER = ppb.IDENTIFIER_TYPE_CUSTOMER_ID
@@ -428,7 +436,19 @@ def test_the_section_lines_read_well() -> None:
     )
     assert "contact policy and fatigue caps hit 2 times in 2 decisions" in text
     assert "outcomes reported: 5 (2 impressions, 1 click, 1 accept, 1 dismiss)" in lines
-    assert "example, a customer with an open complaint:" in lines
+    # The outcomes were counted without their decision, so no reward settled.
+    learning = lines.index(
+        "learning: 1 decision showed a profile an action; reward per decision 0.0000 (the "
+        "first action's best outcome: click 0.1, accept value/50, dismiss 0, none 0)"
+    )
+    assert lines[learning + 1 : learning + 4] == [
+        "  policy of all 3 decisions: unspecified 3; no model version (no decision used a "
+        "learned model)",
+        "  no learning curve: not enough data (20 decisions needed per chunk)",
+        "holdout lift: treatment 0.0000 per decision (1), holdout 0.0000 (0); "
+        "lift: not enough data (the holdout has 0 decisions, 30 needed)",
+    ]
+    assert lines[learning + 4] == "example, a customer with an open complaint:"
     assert (
         '    1. apology_voucher (service_recovery) "apology_voucher title", priority 10.00; '
         "service_recovery ranks first" in lines
@@ -438,6 +458,235 @@ def test_the_section_lines_read_well() -> None:
         "suitability:open_complaint said no" in lines
     )
     assert "failed calls" not in text
+
+
+# --- rewards as the learner counts them, the learning curve and the holdout lift -----------
+
+
+def _decided(
+    n: int,
+    holdout: bool = False,
+    policy: pb.DecisionPolicy.ValueType = pb.DECISION_POLICY_STATIC,
+    model_version: str = "",
+    basis: pb.Basis.ValueType = pb.BASIS_PROFILE,
+    actions: Sequence[tuple[str, str, float]] = (("gold_upgrade", "upsell", 25.0),),
+) -> pb.DecideResponse:
+    return pb.DecideResponse(
+        decision_id=f"d{n}",
+        profile_id=f"p{n}",
+        basis=basis,
+        holdout=holdout,
+        group=pb.GROUP_HOLDOUT if holdout else pb.GROUP_TREATMENT,
+        policy=policy,
+        model_version=model_version,
+        actions=[
+            pb.RankedAction(action_id=a, kind=k, rank=i + 1, score=pb.ScoreParts(business_value=v))
+            for i, (a, k, v) in enumerate(actions)
+        ],
+    )
+
+
+def test_the_tally_keeps_each_decisions_reward_as_the_learner_counts_it() -> None:
+    t = DecisionTally()
+    two = (("gold_upgrade", "upsell", 25.0), ("survey_nps", "survey", 5.0))
+    learned = pb.DECISION_POLICY_LEARNED
+    t.add_decision(_point(HERO), _decided(1))
+    t.add_decision(_point(AGENT), _decided(2, policy=learned, model_version="m1-aa", actions=two))
+    t.add_decision(_point(RECS), _decided(3, holdout=True, policy=pb.DECISION_POLICY_CONTROL))
+    t.add_decision(_point(HERO), _decided(4, policy=learned, model_version="m2-bb"))
+    t.add_decision(_point(BASKET), _decided(5, actions=()))  # nothing shown
+    t.add_decision(
+        _point(APP_BANNER),
+        _decided(6, policy=pb.DECISION_POLICY_GENERIC, basis=pb.BASIS_ANONYMOUS),
+    )
+    # d1: accepted (25 / 50 = 0.5); a click after the accept changes nothing.
+    for outcome in (IMPRESSION, CLICK, ACCEPT, CLICK):
+        t.add_outcome("upsell", outcome, "d1", "gold_upgrade")
+    # d2: the second action's accept is not the learner's; the first was clicked (0.1).
+    for outcome in (IMPRESSION, CLICK):
+        t.add_outcome("upsell", outcome, "d2", "gold_upgrade")
+    t.add_outcome("survey", ACCEPT, "d2", "survey_nps")
+    # d3: dismissed (0), then an accept after the dismiss, which settled it.
+    for outcome in (IMPRESSION, DISMISS, ACCEPT):
+        t.add_outcome("upsell", outcome, "d3", "gold_upgrade")
+    # d4: an impression only (0); d6: no outcome at all (no_outcome); an unknown decision.
+    t.add_outcome("upsell", IMPRESSION, "d4", "gold_upgrade")
+    t.add_outcome("upsell", ACCEPT, "d99", "gold_upgrade")
+
+    assert [(r.decision_id, r.reward) for r in t.rewarded] == [
+        ("d1", 0.5),
+        ("d2", 0.1),
+        ("d3", 0.0),
+        ("d4", 0.0),
+        ("d6", 0.0),
+    ]
+    assert t.rewarded[0].outcomes == ["impression", "click", "accept"]
+    assert t.rewarded[2].outcomes == ["impression", "dismiss"]
+    assert t.rewarded[1] == Rewarded(
+        decision_id="d2",
+        placement=AGENT,
+        group="treatment",
+        policy="learned",
+        model_version="m1-aa",
+        basis="profile",
+        action_id="gold_upgrade",
+        business_value=25.0,
+        reward=0.1,
+        outcomes=["impression", "click"],
+    )
+    assert [(r.group, r.policy, r.placement, r.basis) for r in t.rewarded[2:]] == [
+        ("holdout", "control", RECS, "profile"),
+        ("treatment", "learned", HERO, "profile"),
+        ("treatment", "generic", APP_BANNER, "anonymous"),
+    ]
+    assert t.policies == Counter({"static": 2, "learned": 2, "control": 1, "generic": 1})
+    assert list(t.model_versions.items()) == [("m1-aa", 1), ("m2-bb", 1)]
+    assert t.last_model_version == "m2-bb"
+    # Every outcome still counts in the outcome table.
+    assert t.outcomes_reported == 12
+
+
+def test_the_rewards_come_from_the_learning_file() -> None:
+    t = DecisionTally(rewards=Rewards(no_outcome=-0.01, click=0.2, accept=1.0))
+    t.add_decision(_point(HERO), _decided(1))
+    t.add_decision(_point(HERO), _decided(2))
+    t.add_decision(_point(HERO), _decided(3))
+    t.add_outcome("upsell", ACCEPT, "d1", "gold_upgrade")
+    t.add_outcome("upsell", CLICK, "d2", "gold_upgrade")
+    assert [r.reward for r in t.rewarded] == [1.0, 0.2, -0.01]
+
+    shipped, note = learning_rewards()
+    assert (shipped, note) == (load_learning().rewards, "")
+    assert (shipped.click, shipped.accept, shipped.value_scale) == (0.1, "value", 50.0)
+
+
+def test_without_a_readable_learning_file_the_default_rewards_are_used(tmp_path: Path) -> None:
+    broken = tmp_path / "learning.toml"
+    broken.write_text("[rewards]\nclick = 'a lot'\n")
+    rewards, note = learning_rewards(broken)
+    assert rewards == Rewards()
+    assert note.startswith("the learning file could not be read, so the default rewards: ")
+    assert "rewards.click" in note
+
+
+def _rewarded(group: str, reward: float, policy: str = "static") -> Rewarded:
+    return Rewarded(
+        decision_id="d",
+        placement=HERO,
+        group=group,
+        policy=policy,
+        model_version="",
+        basis="profile",
+        action_id="gold_upgrade",
+        business_value=25.0,
+        reward=reward,
+    )
+
+
+def _run(n: int, start: int) -> list[Rewarded]:
+    """n decisions from `start`: every tenth in the holdout (reward 0.1 every other one),
+    the treatment accepted (0.5) once in five, learned from the 40th decision on."""
+    out = []
+    for i in range(start, start + n):
+        if i % 10 == 9:
+            out.append(_rewarded("holdout", 0.1 if i % 20 == 19 else 0.0, "control"))
+        else:
+            policy = "learned" if i >= 40 else "static"
+            out.append(_rewarded("treatment", 0.5 if i % 5 == 0 else 0.0, policy))
+    return out
+
+
+def test_the_learning_curve_cuts_the_decisions_in_equal_chunks() -> None:
+    decisions = _run(100, 0)
+    curve = learning_curve(decisions, chunks=4, min_chunk=20)
+    assert [(c.first, c.last) for c in curve] == [(1, 25), (26, 50), (51, 75), (76, 100)]
+    # Decisions 0-24: holdout at 9, 19 (rewarded); treatment accepted at 0, 5, 10, 15, 20.
+    assert (curve[0].treatment.n, curve[0].treatment.total) == (23, 2.5)
+    assert (curve[0].holdout.n, curve[0].holdout.total) == (2, 0.1)
+    # Learned from decision 40 on: 40-48 (49 is the holdout's), then every treatment one.
+    assert [c.learned for c in curve] == [0, 9, 23, 22]
+    assert [c.treatment.n + c.holdout.n for c in curve] == [25, 25, 25, 25]
+    # Fewer chunks than asked when one would hold under 20 decisions (103: 5 of 20 or 21);
+    # 10 at most; no curve below 20.
+    sizes = [c.last - c.first + 1 for c in learning_curve(_run(103, 0))]
+    assert (len(sizes), sum(sizes), set(sizes)) == (5, 103, {20, 21})
+    assert len(learning_curve(_run(250, 0))) == 10
+    assert learning_curve(_run(19, 0)) == []
+
+
+def test_the_curve_table_lines_up() -> None:
+    table = curve_table(learning_curve(_run(100, 0), chunks=4, min_chunk=20))
+    # Holdout: 9, 19 | 29, 39, 49 | 59, 69 | 79, 89, 99 (0.1 at 19, 39, 59, 79, 99); the
+    # treatment accepts 5 of its 23 or 22 decisions in each chunk.
+    assert table == [
+        "                1      2      3      4",
+        "treatment   0.109  0.114  0.109  0.114",
+        "holdout     0.050  0.033  0.050  0.067",
+        "learned        0%    41%   100%   100%",
+    ]
+    empty_holdout = curve_table(learning_curve([_rewarded("treatment", 0.1)] * 20))
+    assert empty_holdout[2].split() == ["holdout", "-"]
+
+
+def test_the_lift_has_its_confidence_interval() -> None:
+    # Treatment 10 of 40 accepted (0.125 per decision), holdout 3 of 30 (0.05): the lift
+    # is 0.125 / 0.05 - 1 = +150 %, with the delta method's se
+    # sqrt(var_T / H^2 + T^2 var_H / H^4) = sqrt(0.48077 + 1.93966) = 1.5558.
+    treatment = [0.5] * 10 + [0.0] * 30
+    holdout = [0.5] * 3 + [0.0] * 27
+    assert lift_line(treatment, holdout) == (
+        "holdout lift: treatment 0.1250 per decision (40), holdout 0.0500 (30); "
+        "lift +150.0% (95% CI -154.9% to +454.9%)"
+    )
+
+
+def test_the_lift_says_when_there_is_not_enough_data() -> None:
+    assert lift_line([0.1] * 200, [0.1] * 29) == (
+        "holdout lift: treatment 0.1000 per decision (200), holdout 0.1000 (29); "
+        "lift: not enough data (the holdout has 29 decisions, 30 needed)"
+    )
+    assert lift_line([0.1] * 29, [0.1] * 40).endswith(
+        "lift: not enough data (the treatment has 29 decisions, 30 needed)"
+    )
+    # A holdout that earned nothing has no lift: the difference stands in, with its
+    # interval (Welch's t).
+    # se = sqrt(var_T) = 0.03467 with 39 degrees of freedom (t = 2.0227): +-0.0701.
+    line = lift_line([0.5] * 10 + [0.0] * 30, [0.0] * 30)
+    assert line == (
+        "holdout lift: treatment 0.1250 per decision (40), holdout 0.0000 (30); "
+        "lift: the holdout earned nothing: no lift; difference +0.1250 (95% CI +0.0549 to "
+        "+0.1951)"
+    )
+
+
+def test_the_learning_lines_read_well() -> None:
+    t = DecisionTally()
+    learned = pb.DECISION_POLICY_LEARNED
+    for i in range(60):
+        holdout = i % 6 == 5
+        policy = pb.DECISION_POLICY_CONTROL if holdout else learned
+        version = "" if holdout else f"m{1 + i // 20}-0123abcd"
+        t.add_decision(_point(HERO), _decided(i, holdout, policy, version))
+        t.add_outcome("upsell", IMPRESSION, f"d{i}", "gold_upgrade")
+        # Clicks: the treatment's 0, 4, 8, ... (15 of 50), the holdout's 11, 23, ... (5 of 10).
+        if i % 4 == 0 or i % 12 == 11:
+            t.add_outcome("upsell", CLICK, f"d{i}", "gold_upgrade")
+    generic = pb.DECISION_POLICY_GENERIC
+    t.add_decision(_point(HERO), _decided(60, policy=generic, basis=pb.BASIS_ANONYMOUS))
+    lines = learning_lines(t)
+    assert lines == [
+        "learning: 60 decisions showed a profile an action; reward per decision 0.0333 (the "
+        "first action's best outcome: click 0.1, accept value/50, dismiss 0, none 0)",
+        "  policy of all 61 decisions: learned 50, control 10, generic 1; 3 model versions "
+        "(first m1-0123abcd, last m3-0123abcd)",
+        "  reward per decision in the order decided (3 chunks of 20, the holdout 3-4 of each):",
+        "                    1      2      3",
+        "    treatment   0.029  0.029  0.031",
+        "    holdout     0.033  0.067  0.050",
+        "    learned      100%   100%   100%",
+        "holdout lift: treatment 0.0300 per decision (50), holdout 0.0500 (10); "
+        "lift: not enough data (the holdout has 10 decisions, 30 needed)",
+    ]
 
 
 def test_plurals() -> None:
@@ -640,6 +889,18 @@ def test_the_client_decides_after_each_sent_event_and_reports_outcomes(
         assert report.decision_id.startswith("d")
         assert report.action_id in {"apology_voucher", "call_me_back", "new_season_edit"}
     assert tally.failed == 0
+    # Each decision's reward settles what the service was told about its first action.
+    assert len(tally.rewarded) == 13
+    for entry in tally.rewarded:
+        reported = [
+            nba.OUTCOME_NAMES[o.outcome]
+            for o in service.outcomes
+            if (o.decision_id, o.action_id) == (entry.decision_id, entry.action_id)
+        ]
+        assert entry.outcomes == reported
+        assert entry.reward == Rewards().settle(reported, entry.business_value)
+    clicked = [e for e in tally.rewarded if e.outcomes[-1:] == ["click"]]
+    assert all(e.reward == 0.1 for e in clicked)
 
 
 def test_the_client_tries_again_when_the_service_cannot_answer_for_now(
