@@ -40,3 +40,11 @@ class PersonalisationSettings(BaseSettings):
     learning_file: Path = CONFIG_DIR / "learning.toml"
     # How often a Decide server checks for a new model version (no restart needed).
     model_check_every_s: float = 2.0
+    # The learner (services/personalisation/learner.py): Faust app id and consumer group
+    # on the decision log and the touchpoint topic, its /metrics (0 turns it off), the
+    # topic its undecodable decision records go to, and how long its training lease lasts
+    # unrenewed (a killed learner's successor waits this long to train).
+    learner_consumer_group: str = "cx-personalisation-learner"
+    learner_metrics_port: int = 9472
+    learner_dlq_topic: str = "cx.decisions.dlq.v1"
+    learner_lease_s: float = 10.0
