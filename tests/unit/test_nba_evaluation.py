@@ -461,6 +461,8 @@ def test_difference_and_lift_intervals_by_hand() -> None:
         (0.975, 5, 2.571),
         (0.975, 30, 2.042),
         (0.95, 10, 1.812),
+        (0.9995, 1, 636.619),
+        (0.999, 3, 10.215),
     ],
 )
 def test_t_quantiles_match_the_tables(p: float, df: float, table: float) -> None:
