@@ -309,8 +309,10 @@ def rank(
 
     ranked.sort(key=lambda s: (not s.promoted, -s.score.priority, s.action.action_id))
     # What the decision log keeps: the fields the policy and the learner read that the
-    # profile has, and the person's segments.
+    # profile has, every consent (a candidate catalogue replayed on the log may check
+    # any), and the person's segments.
     used = catalogue.fields_read() | LEARNER_FIELDS | {CONSENT_PREFIX + PERSONALISATION_PURPOSE}
+    used |= {name for name in fields if name.startswith(CONSENT_PREFIX)}
     features = {
         name: fields[name]
         for name in sorted(used)

@@ -251,8 +251,8 @@ class Model:
             with os.fdopen(fd, "wb") as f:
                 f.write(model_bytes)
             self._path = path
-            # The saved model carries its reductions; -i loads them, and the options
-            # that are not saved (exploration, interactions) are given again.
+            # The saved model carries the options it was trained with (reductions,
+            # exploration, interactions): -i restores them, so `vw_args` is not repeated.
             args = f"--quiet -i {path}"
         self._vw = vowpalwabbit.Workspace(args)
         self._closed = False
