@@ -55,7 +55,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faust
@@ -263,8 +263,9 @@ OUTCOME_NAMES = {
 class _Touchpoints:
     """How far the touchpoint stream has been read (what the timer may settle up to)."""
 
+    # The newest record time read, and when the last batch came (None: not yet asked).
     seen_ms: int = 0
-    batch_at: float = field(default_factory=time.monotonic)
+    batch_at: float | None = None
 
 
 class LearnerPipeline:
@@ -409,12 +410,16 @@ class LearnerPipeline:
             )
 
     def horizon_ms(self, now: int) -> int:
-        """What the timer may settle up to: now, or how far the touchpoint stream has been
-        read when it is behind (records keep coming and are older than now)."""
+        """What the timer may settle up to: how far the touchpoint stream has been read
+        (its newest record's time), or now once no batch came for OUTCOMES_IDLE_S (caught
+        up). Nothing before the first batch or that idle time: a learner that starts
+        behind (a backlog, a new consumer group) reads outcomes before it times out."""
         with self._lock:
-            idle = time.monotonic() - self._touchpoints.batch_at > OUTCOMES_IDLE_S
-            seen = self._touchpoints.seen_ms
-        return now if idle or seen <= 0 else min(now, seen)
+            tp = self._touchpoints
+            if tp.batch_at is None:
+                tp.batch_at = time.monotonic()
+            idle = time.monotonic() - tp.batch_at > OUTCOMES_IDLE_S
+            return now if idle else min(now, tp.seen_ms)
 
     def settle_due(self) -> int:
         """Settles the decisions whose window has passed; returns how many."""
