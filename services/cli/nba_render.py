@@ -159,14 +159,24 @@ def profile_text(reply: pb.DecideResponse, now: datetime) -> Text:
     return text
 
 
+def policy_text(reply: pb.DecideResponse) -> Text:
+    """Which policy ordered the actions, with the learned model's version."""
+    text = Text(enum_label(pb.DecisionPolicy.Name, reply.policy, "DECISION_POLICY_"))
+    if reply.model_version:
+        text.append(f"  model {reply.model_version}", style="dim")
+    return text
+
+
 def decision_summary(reply: pb.DecideResponse, now: datetime) -> Table:
-    """Decision id, basis, group, policy version, profile and freshness, signals."""
+    """Decision id, basis, group, catalogue version, policy (and model version), profile
+    and freshness, signals."""
     return _fields(
         [
             ("decision", Text(reply.decision_id, style="cyan")),
             ("basis", enum_label(pb.Basis.Name, reply.basis, "BASIS_")),
             ("group", group_text(reply)),
-            ("policy", reply.policy_version or NONE.copy()),
+            ("catalogue", reply.policy_version or NONE.copy()),
+            ("policy", policy_text(reply)),
             ("profile", profile_text(reply, now)),
             (
                 "signals",
@@ -211,6 +221,7 @@ def actions_table(actions: Iterable[pb.RankedAction]) -> Fitted:
             Text(num(score.priority), style="bold"),
             reasons_text(action.reasons),
         )
+    # The learned policy's probability is among the reasons (policy.learned).
     table.caption = "P propensity, C context weight, V business value, L lever"
     return Fitted(table)
 

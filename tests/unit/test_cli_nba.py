@@ -49,12 +49,14 @@ def decide_reply() -> pb.DecideResponse:
         group=pb.GROUP_TREATMENT,
         basis=pb.BASIS_PROFILE,
         experience_signals=["open_complaint", "delivery_late"],
+        policy=pb.DECISION_POLICY_LEARNED,
+        model_version="m3-1a2b3c4d",
         actions=[
             pb.RankedAction(
                 action_id="recovery-apology",
                 kind="service_recovery",
                 rank=1,
-                probability=1.0,
+                probability=0.92,
                 content=pb.Content(variant="a", title="Sorry about your order"),
                 score=score(0.5, 1.2, 30, 2),
                 reasons=[
@@ -280,11 +282,12 @@ def test_decide_shows_the_decision_and_its_ranked_actions(fake: FakePersonalisat
     code, out, _ = cx(fake, "decide", "--placement", "web.home.hero", "--channel", "web")
 
     assert code == 0
-    summary = {ln.split()[0]: ln.split(maxsplit=1)[1].strip() for ln in out.splitlines()[:6]}
+    summary = {ln.split()[0]: ln.split(maxsplit=1)[1].strip() for ln in out.splitlines()[:7]}
     assert summary["decision"] == "d-7f3a"
     assert summary["basis"] == "profile"
     assert summary["group"] == "treatment"
-    assert summary["policy"] == "cat-2026-11-20"
+    assert summary["catalogue"] == "cat-2026-11-20"
+    assert summary["policy"] == "learned  model m3-1a2b3c4d"
     assert summary["profile"].startswith("p-42  as of 2026-11-23 10:11:00 UTC (")
     assert summary["signals"] == "open_complaint, delivery_late"
     header = next(ln for ln in out.splitlines() if "priority" in ln)
@@ -590,7 +593,7 @@ def test_enum_labels_survive_values_from_a_newer_server() -> None:
     assert nba_render.enum_label(pb.Stage.Name, 99, "STAGE_") == "99"
     reply = decide_reply()
     reply.basis = 42  # type: ignore[assignment]
-    assert "basis     42" in rendered(nba_render.decision_summary(reply, NOW))
+    assert "basis      42" in rendered(nba_render.decision_summary(reply, NOW))
 
 
 def test_a_narrow_terminal_squeezes_the_text_columns_not_ids_kinds_or_numbers() -> None:
