@@ -138,8 +138,9 @@ SETTLE_ATTEMPTS = 3
 
 RECORDS = Counter(
     "cx_personalisation_learner_records",
-    "Records read by the learner, by topic (decisions, touchpoints) and result (stored, "
-    "duplicate, settled, ignored, invalid, recorded, early, other_action, dead_lettered)",
+    "Records read by the learner, by topic and result: decisions (stored, duplicate, "
+    "settled, no_profile, nothing_shown, dead_lettered), touchpoints (ignored: not an "
+    "offer outcome, invalid, recorded, early, other_action, settled, dead_lettered)",
     ["topic", "result"],
 )
 SETTLED = Counter(
@@ -297,7 +298,7 @@ class LearnerPipeline:
         """Stores the learnable decisions of a batch; the dead letters of unreadable ones."""
         letters: list[DeadLetter] = []
         pending: list[PendingDecision] = []
-        ignored = 0
+        no_profile = nothing_shown = 0
         for record in records:
             try:
                 decision = decode_decision(record)
@@ -305,12 +306,16 @@ class LearnerPipeline:
                 letters.append(self._letter(record, error, self.dlq_topic, "decisions"))
                 continue
             item = pending_of(decision, record.timestamp_ms)
-            if item is None:
-                ignored += 1
-            else:
+            if item is not None:
                 pending.append(item)
-        if ignored:
-            RECORDS.labels("decisions", "ignored").inc(ignored)
+            elif decision.basis != pb.BASIS_PROFILE:
+                no_profile += 1
+            else:
+                nothing_shown += 1
+        if no_profile:
+            RECORDS.labels("decisions", "no_profile").inc(no_profile)
+        if nothing_shown:
+            RECORDS.labels("decisions", "nothing_shown").inc(nothing_shown)
         results = self.store.store(pending, self.settle_after_ms, self.clock())
         finals: list[tuple[str, frozenset[str], float]] = []
         for item, result in zip(pending, results, strict=True):
