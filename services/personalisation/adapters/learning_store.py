@@ -71,8 +71,9 @@ LEARNER_WORKERS = "nba:learner:workers"
 OUTCOME_FIELD = "o:"
 # A pending decision no learner settled (none ran) is dropped this long after it was due.
 PENDING_GRACE_MS = 7 * 86400 * 1000
-# Settled entries kept before the checkpoint's cursor (inspection, tests).
-REWARDS_HISTORY_MS = 3600 * 1000
+# Settled entries kept before the checkpoint's cursor (inspection, tests): ten minutes
+# (an entry is about 0.6 KB; a pending decision about 1.7 KB).
+REWARDS_HISTORY_MS = 600 * 1000
 # Safety cap of the rewards stream (approximate), for a learner that settles while no
 # learner trains: beyond it the oldest untrained examples are lost.
 REWARDS_MAX_LEN = 1_000_000
