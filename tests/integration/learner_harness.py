@@ -63,6 +63,24 @@ def quick_learning(path: Path, settle_after_s: float, every_decisions: int, ever
     return path
 
 
+def learner_env(
+    run: str, prefix: str, learning_file: Path, metrics_port: int, lease_s: float = 2.0
+) -> dict[str, str]:
+    """The environment of a learner process for an isolated run (on top of the run's own
+    `IsolatedPipeline.env`): its keys, learning file, consumer group and dead-letter topic
+    (named `{run}-...`, so the run's cleanup deletes them), /metrics port and lease. For a
+    learner beside a PersonalisationHarness: `h.env.update(learner_env(h.run, ...))`, then
+    `h.start_worker("services.personalisation.learner", "learner")`."""
+    return {
+        "PERSONALISATION_KEY_PREFIX": prefix,
+        "PERSONALISATION_LEARNING_FILE": str(learning_file),
+        "PERSONALISATION_LEARNER_CONSUMER_GROUP": f"{run}-learner",
+        "PERSONALISATION_LEARNER_METRICS_PORT": str(metrics_port),
+        "PERSONALISATION_LEARNER_DLQ_TOPIC": f"{run}-decisions-dlq",
+        "PERSONALISATION_LEARNER_LEASE_S": str(lease_s),
+    }
+
+
 class LearnerHarness(IsolatedPipeline):
     def __init__(
         self,
@@ -83,14 +101,7 @@ class LearnerHarness(IsolatedPipeline):
         self.metrics_port = free_port()
         self.dlq_topic = f"{self.run}-decisions-dlq"
         self.env.update(
-            {
-                "PERSONALISATION_KEY_PREFIX": self.prefix,
-                "PERSONALISATION_LEARNING_FILE": str(self.learning_file),
-                "PERSONALISATION_LEARNER_CONSUMER_GROUP": f"{self.run}-learner",
-                "PERSONALISATION_LEARNER_METRICS_PORT": str(self.metrics_port),
-                "PERSONALISATION_LEARNER_DLQ_TOPIC": self.dlq_topic,
-                "PERSONALISATION_LEARNER_LEASE_S": str(lease_s),
-            }
+            learner_env(self.run, self.prefix, self.learning_file, self.metrics_port, lease_s)
         )
         self.store = LearningStore(self.redis, self.prefix, settle_after_s)
         self.producer = KafkaProducer(bootstrap_servers=base.kafka_bootstrap_servers, linger_ms=5)
