@@ -69,7 +69,8 @@ from services.common.topics import TopicSpec
 from services.demo.journeys import DemoConfig, generate
 from services.demo.run import lanes
 from services.ingest.settings import IngestSettings
-from services.personalisation.adapters.model_source import blob_key, current_key
+from services.personalisation.adapters.learning_store import model_blob_key as blob_key
+from services.personalisation.adapters.learning_store import model_current_key as current_key
 from services.personalisation.adapters.profile_source import (
     GrpcProfileSource,
     ReaderProfileSource,

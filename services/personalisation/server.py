@@ -8,6 +8,7 @@ from cx.personalisation.v1 import personalisation_pb2, personalisation_pb2_grpc
 
 from services.common.contact_ledger import ContactLedger
 from services.common.grpc_server import ServiceServer
+from services.common.heartbeat import alive
 from services.common.process import GrpcProcess, run_grpc_process
 from services.common.settings import (
     KafkaSettings,
@@ -20,6 +21,7 @@ from services.common.settings import (
 from services.common.touchpoint_publisher import TouchpointPublisher
 from services.personalisation.adapters.catalogue_file import CatalogueFile
 from services.personalisation.adapters.decisions import DecisionLog, DecisionStore
+from services.personalisation.adapters.learning_store import learner_workers_key
 from services.personalisation.adapters.model_source import ModelSource
 from services.personalisation.adapters.profile_source import (
     GrpcProfileSource,
@@ -44,6 +46,9 @@ CATALOGUE_HEALTH_NAME = "cx.personalisation.v1.Catalogue"
 # The learned model: NOT_SERVING while its latest checkpoint cannot be loaded (decisions
 # go on with the model in use, or the static rules without one).
 MODEL_HEALTH_NAME = "cx.personalisation.v1.Model"
+# Whether a learner is alive (its heartbeat): without one, decisions go on with the last
+# model and nothing new is learned.
+LEARNER_HEALTH_NAME = "cx.personalisation.v1.Learner"
 KAFKA_HEALTH_NAME = "kafka"
 REDIS_CONNECT_TIMEOUT_S = 1.0
 REDIS_SOCKET_TIMEOUT_S = 2.0
@@ -84,6 +89,8 @@ def build_server(
         models.refresh()
         server.every(servicer.settings.model_check_every_s, models.refresh)
         server.add_component(MODEL_HEALTH_NAME, models.healthy)
+        workers = learner_workers_key(servicer.settings.key_prefix)
+        server.add_component(LEARNER_HEALTH_NAME, lambda: alive(client, workers) > 0)
     publisher = servicer.publisher
     if publisher is not None:
         server.add_component(KAFKA_HEALTH_NAME, publisher.available)

@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.settings import KafkaSettings, redis_settings
 from services.personalisation import decision_records
-from services.personalisation.adapters.model_source import blob_key, current_key
+from services.personalisation.adapters.learning_store import model_blob_key as blob_key
+from services.personalisation.adapters.learning_store import model_current_key as current_key
 from services.personalisation.domain import learning
 from services.personalisation.domain.learning import ArmSpec, Model, TrainingExample
 from services.personalisation.server import MODEL_HEALTH_NAME

@@ -1,6 +1,7 @@
 """Where Decide servers find the learned model: the learner's latest checkpoint in Redis
-(key layout in `learning_store`). Each server checks for a new version every few seconds
-and swaps it in without a restart; a decision names the version it used."""
+(`learning_store.load_current`, which holds the key layout). Each server checks for a new
+version every few seconds and swaps it in without a restart; a decision names the version
+it used."""
 
 from __future__ import annotations
 
@@ -11,21 +12,10 @@ import time
 import redis
 from prometheus_client import Counter, Gauge
 
-from services.common.redis_values import as_text
+from services.personalisation.adapters.learning_store import current_version, load_current
 from services.personalisation.domain.learning import Model
 
 log = logging.getLogger(__name__)
-
-
-def current_key(prefix: str) -> str:
-    """Hash of the current checkpoint: version, sequence, cursor, trained, created_ms."""
-    return f"{prefix}nba:model:current"
-
-
-def blob_key(prefix: str, version: str) -> str:
-    """A checkpoint's model bytes."""
-    return f"{prefix}nba:model:blob:{version}"
-
 
 MODEL_LOADS = Counter(
     "cx_personalisation_model_loads",
@@ -58,27 +48,22 @@ class ModelSource:
         that cannot be loaded keeps the model in use and is counted."""
         with self._lock:
             try:
-                current = self.client.hgetall(current_key(self.prefix))
+                version = current_version(self.client, self.prefix)
             except redis.RedisError as exc:
                 self._error = f"Redis: {exc}"
                 return
-            if not current:
-                self._error = ""
-                return
-            fields = {as_text(k): as_text(v) for k, v in current.items()}
-            version = fields.get("version", "")
             if not version or (self._model is not None and self._model.version == version):
                 self._error = ""
                 return
             if version == self._failed_version:
                 return
             try:
-                blob = self.client.get(blob_key(self.prefix, version))
-                if blob is None:
-                    raise ValueError(f"checkpoint {version} has no model bytes")
-                data = blob if isinstance(blob, bytes) else str(blob).encode("latin-1")
-                model = Model(self.vw_args, version, data)
-            except (redis.RedisError, ValueError, RuntimeError) as exc:
+                checkpoint = load_current(self.client, self.prefix)
+                if checkpoint is None:
+                    return
+                version = checkpoint.info.version
+                model = Model(self.vw_args, version, checkpoint.model_bytes)
+            except (redis.RedisError, LookupError, TypeError, RuntimeError) as exc:
                 MODEL_LOADS.labels("failed").inc()
                 self._failed_version = version
                 self._error = f"model {version} not loaded: {exc}"
@@ -90,9 +75,7 @@ class ModelSource:
             self.loaded_at_ms = int(time.time() * 1000)
             self._error = ""
             MODEL_LOADS.labels("loaded").inc()
-            sequence = fields.get("sequence", "")
-            if sequence.isdigit():
-                MODEL_SEQUENCE.set(int(sequence))
+            MODEL_SEQUENCE.set(checkpoint.info.sequence)
             log.info("model %s loaded", version)
 
     def healthy(self) -> bool:
