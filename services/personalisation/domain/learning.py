@@ -51,6 +51,7 @@ BUCKETED_FIELDS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("open_complaints", (0, 1)),
     ("open_incidents", (0, 1)),
     ("repeat_contacts_30d", (0, 1, 2)),
+    ("days_since_nps", (7, 30, 90)),
     ("orders", (0, 1, 3, 10)),
     ("days_since_last_seen", (1, 7, 30, 90)),
     ("clv_total", (0, 100, 500, 2000)),
