@@ -1,6 +1,6 @@
 """A simulated decision as the Decide server logs it (`DecisionRecord` on cx.decisions.v1),
-built the way `PersonalisationServicer.Decide` and `_log` build it (the reply's chosen
-actions with their slot probabilities, then the record), and turned into a training
+built by the server's own `views.decision_record` from the reply's fields (the chosen
+actions with their slot probabilities), and turned into a training
 example by the learner's own functions, so the simulator trains its model from exactly
 what the learner process would."""
 
@@ -11,25 +11,13 @@ from collections.abc import Mapping
 from cx.personalisation.v1 import personalisation_pb2 as pb
 
 from services.common.conditions import FieldValue
+from services.personalisation import views
 from services.personalisation.adapters.learning_store import RewardEntry
 from services.personalisation.domain.arbitration import Decision, DecisionRequest
 from services.personalisation.domain.learning import TrainingExample
-from services.personalisation.domain.policy import Choice, PolicyKind
+from services.personalisation.domain.policy import Choice
 from services.personalisation.learner import pending_of
-from services.personalisation.service import (
-    PLACEMENT_POLICY,
-    loggable_context,
-    logged_action,
-)
-from services.personalisation.views import (
-    BASES,
-    POLICIES,
-    channel_value,
-    chosen,
-    features_struct,
-    filtered_action,
-    ranked_action,
-)
+from services.personalisation.views import BASES, POLICIES, chosen, set_probabilities
 
 # A rewards-stream entry id (the trainer only keeps it as its cursor).
 STREAM_ID = "0-1"
@@ -60,48 +48,24 @@ def decision_record(
     unavailable: set[str],
     catalogue_version: str,
 ) -> pb.DecisionRecord:
-    """What `_log` appends for this decision (a profile, the treatment group)."""
+    """What the Decide server logs for this decision (a profile, the treatment group): the
+    reply's fields the record copies, then the server's own record builder."""
     ranking = decision.ranking
-    actions = chosen(decision, profile_id, request.placement)
-    for action in actions:
-        action.probability = slot[action.action_id]
-        if choice.policy is PolicyKind.LEARNED:
-            action.reasons.append(
-                pb.Reason(
-                    code="policy.learned",
-                    detail=f"model {choice.model_version}: picked with probability "
-                    f"{action.probability:.3f}",
-                )
-            )
-    considered = [f for f in decision.filtered if f.policy != PLACEMENT_POLICY]
-    record = pb.DecisionRecord(
+    reply = pb.DecideResponse(
         decision_id=decision_id,
+        actions=chosen(decision, profile_id, request.placement),
         profile_id=profile_id,
-        placement=request.placement,
-        channel=channel_value(request.channel),
-        context=loggable_context(request_context(request.context)),
-        features=features_struct(ranking.features),
-        candidates=[s.action.action_id for s in ranking.ranked]
-        + [f.action.action_id for f in considered],
-        filtered=[filtered_action(f) for f in considered],
-        chosen=[logged_action(a) for a in actions],
         policy_version=catalogue_version,
         group=pb.GROUP_HOLDOUT if ranking.holdout else pb.GROUP_TREATMENT,
         basis=BASES[ranking.basis],
         experience_signals=list(ranking.signals),
-        max_actions=request.want,
-        ranked=[
-            logged_action(ranked_action(s, i, profile_id, request.placement))
-            for i, s in enumerate(ranking.ranked, start=1)
-        ],
         policy=POLICIES[choice.policy],
         model_version=choice.model_version,
-        unavailable=[
-            s.action.action_id for s in ranking.ranked if s.action.action_id in unavailable
-        ],
     )
-    record.decided_at.FromMilliseconds(request.now_ms)
-    return record
+    set_probabilities(reply.actions, choice, slot)
+    return views.decision_record(
+        reply, request_context(request.context), request, decision, unavailable
+    )
 
 
 def training_example(record: pb.DecisionRecord, reward: float) -> TrainingExample | None:

@@ -53,7 +53,6 @@ from services.personalisation.domain.arbitration import (
 )
 from services.personalisation.domain.catalogue import PURPOSES, Catalogue
 from services.personalisation.domain.learning import LEARNER_FIELDS
-from services.personalisation.domain.policy import PolicyKind
 from services.personalisation.settings import PersonalisationSettings
 from services.personalisation.views import (
     BASES,
@@ -62,9 +61,9 @@ from services.personalisation.views import (
     catalogue_actions,
     channel_name,
     chosen,
-    features_struct,
+    decision_record,
     filtered_action,
-    ranked_action,
+    set_probabilities,
 )
 
 MAX_ACTIONS = 10
@@ -95,11 +94,8 @@ KIND_STAGES = {
     "survey": ev.JOURNEY_STAGE_ADVOCACY,
     "onboarding": ev.JOURNEY_STAGE_ONBOARDING,
 }
-# Actions filtered because they do not serve the placement: left out of the decision log.
-PLACEMENT_POLICY = "eligibility:placement"
 # Outcome events' ids derive from what they report, so a repeated report counts once.
 OUTCOME_NAMESPACE = uuid.UUID("6f1d3c52-8a4e-4d2b-9a57-0c3e1f6b2d84")
-EMAIL_OR_PHONE = re.compile(r"@|^\+?[0-9][0-9 ()-]{6,}$")
 
 DECISIONS = Counter(
     "cx_personalisation_decisions",
@@ -147,28 +143,10 @@ def context_fields(context: pb.RequestContext) -> dict[str, FieldValue]:
     return out
 
 
-def logged_action(action: pb.RankedAction) -> pb.RankedAction:
-    """An action as the decision log keeps it: its variant's id, not its text."""
-    out = pb.RankedAction()
-    out.CopyFrom(action)
-    out.content.Clear()
-    out.content.variant = action.content.variant
-    return out
-
-
 def profile_names(catalogue: Catalogue) -> tuple[str, ...]:
     """What a decision asks the profile for: the fields the catalogue and the learner
     read, and every consent."""
     return tuple(sorted(catalogue.fields_read() | LEARNER_FIELDS | CONSENT_FIELDS))
-
-
-def loggable_context(context: pb.RequestContext) -> pb.RequestContext:
-    """The context for the decision log, without values that look like an email or phone."""
-    out = pb.RequestContext()
-    out.CopyFrom(context)
-    for key in [k for k, v in out.attributes.items() if EMAIL_OR_PHONE.search(v)]:
-        del out.attributes[key]
-    return out
 
 
 class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceServicer):
@@ -301,19 +279,18 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         reply.policy = POLICIES[choice.policy]
         reply.model_version = choice.model_version
         slot = policy.probabilities(choice, decision, reservation)
-        for action in reply.actions:
-            action.probability = slot[action.action_id]
-            if choice.policy is PolicyKind.LEARNED:
-                action.reasons.append(
-                    pb.Reason(
-                        code="policy.learned",
-                        detail=f"model {choice.model_version}: picked with probability "
-                        f"{action.probability:.3f}",
-                    )
-                )
+        set_probabilities(reply.actions, choice, slot)
         if request.explain:
             reply.filtered.extend(filtered_action(f) for f in decision.filtered)
-        self._log(reply, request, decision, now_ms, policy.unavailable(decision, reservation))
+        if self.decision_log is not None:
+            record = decision_record(
+                reply,
+                request.context,
+                decision_request,
+                decision,
+                policy.unavailable(decision, reservation),
+            )
+            self.decision_log.append(reply.profile_id or reply.decision_id, record)
         self._count(decision_request.placement, reply, decision)
         return reply
 
@@ -340,49 +317,6 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         if profile is not None and profile.as_of_ms is not None:
             reply.profile_as_of.FromMilliseconds(profile.as_of_ms)
         return reply
-
-    def _log(
-        self,
-        reply: pb.DecideResponse,
-        request: pb.DecideRequest,
-        decision: Decision,
-        now_ms: int,
-        unavailable: set[str],
-    ) -> None:
-        if self.decision_log is None:
-            return
-        ranking = decision.ranking
-        # Only what learning and evaluation need: the actions that serve this placement
-        # (not the whole catalogue), and which variant was shown (not its text).
-        considered = [f for f in decision.filtered if f.policy != PLACEMENT_POLICY]
-        record = pb.DecisionRecord(
-            decision_id=reply.decision_id,
-            profile_id=reply.profile_id,
-            placement=request.placement,
-            channel=request.channel,
-            context=loggable_context(request.context),
-            features=features_struct(ranking.features),
-            candidates=[s.action.action_id for s in ranking.ranked]
-            + [f.action.action_id for f in considered],
-            filtered=[filtered_action(f) for f in considered],
-            chosen=[logged_action(a) for a in reply.actions],
-            policy_version=reply.policy_version,
-            group=reply.group,
-            basis=reply.basis,
-            experience_signals=reply.experience_signals,
-            max_actions=request.max_actions or 1,
-            ranked=[
-                logged_action(ranked_action(s, i, reply.profile_id, request.placement))
-                for i, s in enumerate(ranking.ranked, start=1)
-            ],
-            policy=reply.policy,
-            model_version=reply.model_version,
-            unavailable=[
-                s.action.action_id for s in ranking.ranked if s.action.action_id in unavailable
-            ],
-        )
-        record.decided_at.FromMilliseconds(now_ms)
-        self.decision_log.append(reply.profile_id or reply.decision_id, record)
 
     def _count(self, placement: str, reply: pb.DecideResponse, decision: Decision) -> None:
         group = "holdout" if reply.holdout else "treatment"

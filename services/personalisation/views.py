@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.personalisation.v1 import personalisation_pb2 as pb
@@ -13,13 +14,14 @@ from services.common.conditions import FieldValue
 from services.personalisation.domain.arbitration import (
     Basis,
     Decision,
+    DecisionRequest,
     Filtered,
     Scored,
     ScoreParts,
     Stage,
 )
 from services.personalisation.domain.catalogue import Action, Catalogue, Variant
-from services.personalisation.domain.policy import PolicyKind
+from services.personalisation.domain.policy import Choice, PolicyKind
 
 STAGES = {
     Stage.ELIGIBILITY: pb.STAGE_ELIGIBILITY,
@@ -34,6 +36,9 @@ BASES = {
     Basis.UNKNOWN_PROFILE: pb.BASIS_UNKNOWN_PROFILE,
     Basis.NO_PERSONALISATION_CONSENT: pb.BASIS_NO_PERSONALISATION_CONSENT,
 }
+# Actions filtered because they do not serve the placement: left out of the decision log.
+PLACEMENT_POLICY = "eligibility:placement"
+EMAIL_OR_PHONE = re.compile(r"@|^\+?[0-9][0-9 ()-]{6,}$")
 
 POLICIES = {
     PolicyKind.LEARNED: pb.DECISION_POLICY_LEARNED,
@@ -167,3 +172,80 @@ def catalogue_actions(
         if (not placement or any(a.serves(placement, c) for c in (a.channels or {""})))
         and (not kind or a.kind == kind)
     ]
+
+
+def set_probabilities(
+    actions: Iterable[pb.RankedAction], choice: Choice, slot: Mapping[str, float]
+) -> None:
+    """Each chosen action's probability at its slot; the learned policy says so in the
+    reasons too."""
+    for action in actions:
+        action.probability = slot[action.action_id]
+        if choice.policy is PolicyKind.LEARNED:
+            action.reasons.append(
+                pb.Reason(
+                    code="policy.learned",
+                    detail=f"model {choice.model_version}: picked with probability "
+                    f"{action.probability:.3f}",
+                )
+            )
+
+
+def logged_action(action: pb.RankedAction) -> pb.RankedAction:
+    """An action as the decision log keeps it: its variant's id, not its text."""
+    out = pb.RankedAction()
+    out.CopyFrom(action)
+    out.content.Clear()
+    out.content.variant = action.content.variant
+    return out
+
+
+def loggable_context(context: pb.RequestContext) -> pb.RequestContext:
+    """The context for the decision log, without values that look like an email or phone."""
+    out = pb.RequestContext()
+    out.CopyFrom(context)
+    for key in [k for k, v in out.attributes.items() if EMAIL_OR_PHONE.search(v)]:
+        del out.attributes[key]
+    return out
+
+
+def decision_record(
+    reply: pb.DecideResponse,
+    context: pb.RequestContext,
+    request: DecisionRequest,
+    decision: Decision,
+    unavailable: set[str],
+) -> pb.DecisionRecord:
+    """A decision as `cx.decisions.v1` keeps it: only what learning and evaluation need,
+    the actions that serve the placement (not the whole catalogue) and which variant was
+    shown (not its text)."""
+    ranking = decision.ranking
+    considered = [f for f in decision.filtered if f.policy != PLACEMENT_POLICY]
+    record = pb.DecisionRecord(
+        decision_id=reply.decision_id,
+        profile_id=reply.profile_id,
+        placement=request.placement,
+        channel=channel_value(request.channel),
+        context=loggable_context(context),
+        features=features_struct(ranking.features),
+        candidates=[s.action.action_id for s in ranking.ranked]
+        + [f.action.action_id for f in considered],
+        filtered=[filtered_action(f) for f in considered],
+        chosen=[logged_action(a) for a in reply.actions],
+        policy_version=reply.policy_version,
+        group=reply.group,
+        basis=reply.basis,
+        experience_signals=reply.experience_signals,
+        max_actions=request.want,
+        ranked=[
+            logged_action(ranked_action(s, i, reply.profile_id, request.placement))
+            for i, s in enumerate(ranking.ranked, start=1)
+        ],
+        policy=reply.policy,
+        model_version=reply.model_version,
+        unavailable=[
+            s.action.action_id for s in ranking.ranked if s.action.action_id in unavailable
+        ],
+    )
+    record.decided_at.FromMilliseconds(request.now_ms)
+    return record
