@@ -18,15 +18,20 @@ every effect downstream is idempotent (event-id dedup), as after any crash.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 import aiokafka.errors
 import kafka.errors
 import redis.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 from tenacity.before_sleep import before_sleep_log
+
+from services.common.dead_letter import VALUE_OMITTED_HEADER, DeadLetter
+from services.common.telemetry import KafkaHeaders
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,3 +150,44 @@ async def process_isolating(
 def failure_reason(exc: BaseException) -> str:
     """The reason a dead letter carries for an input that could not be processed."""
     return f"could not be processed: {type(exc).__name__}: {exc}"[:1000]
+
+
+# --- what a batch produces ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """A record to produce. No headers: the sender adds the current trace context."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    partition: int | None = None
+    headers: KafkaHeaders | None = None
+
+
+class RecordSender(Protocol):
+    async def send(self, records: Sequence[OutRecord]) -> None:
+        """Produces the records, returning once the broker acknowledged every one."""
+
+
+async def send_dead_letters(letters: Sequence[DeadLetter], sender: RecordSender) -> None:
+    """Sends dead letters (before the caller commits). One the broker refuses (an original
+    value at the size limit, plus the reason headers) goes without its value, saying so
+    in a header, rather than stopping the stream."""
+    if not letters:
+        return
+    records = [OutRecord(d.topic, d.value, key=d.key, headers=d.headers) for d in letters]
+    try:
+        await retry_infrastructure("dead letters", lambda: sender.send(records))
+        return
+    except Exception as exc:
+        log.error("dead letters refused (%r); sending them one by one", exc)
+    for record in records:
+        try:
+            await retry_infrastructure("dead letter", functools.partial(sender.send, [record]))
+        except Exception as exc:
+            note = f"{len(record.value or b'')} bytes: {type(exc).__name__}: {exc}"
+            headers = [*(record.headers or []), (VALUE_OMITTED_HEADER, note.encode())]
+            bare = replace(record, value=None, headers=headers)
+            await retry_infrastructure("dead letter", functools.partial(sender.send, [bare]))

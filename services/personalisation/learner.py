@@ -47,7 +47,6 @@ Nothing is built at import: `create_app(settings, ...)` builds the app.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import sys
@@ -55,7 +54,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -72,9 +71,9 @@ from services.common.batches import (
     is_infrastructure_failure,
     process_isolating,
     retry_infrastructure,
+    send_dead_letters,
 )
 from services.common.dead_letter import (
-    VALUE_OMITTED_HEADER,
     DeadLetter,
     InvalidRecord,
     SourceRecord,
@@ -95,7 +94,6 @@ from services.common.settings import (
     redis_settings,
 )
 from services.common.stream_worker import FaustSender, batch_span, each_batch, faust_app, raw_topic
-from services.common.telemetry import KafkaHeaders
 from services.common.topics import TOUCHPOINT_RETENTION_MS, TopicSpec
 from services.personalisation import decision_records
 from services.personalisation.adapters.learning_store import (
@@ -658,39 +656,6 @@ class TrainingThread(threading.Thread):
 
 
 # --- the Faust app -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _OutRecord:
-    """A record for `FaustSender`."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    partition: int | None = None
-    headers: KafkaHeaders | None = None
-
-
-async def send_dead_letters(letters: Sequence[DeadLetter], sender: FaustSender) -> None:
-    """Sends dead letters (before the caller commits); one the broker refuses (a value at
-    the size limit) goes without its value, saying so, rather than stopping the stream
-    (as the profile worker does)."""
-    if not letters:
-        return
-    records = [_OutRecord(d.topic, d.value, key=d.key, headers=d.headers) for d in letters]
-    try:
-        await retry_infrastructure("dead letters", lambda: sender.send(records))
-        return
-    except Exception as exc:
-        log.error("dead letters refused (%r); sending them one by one", exc)
-    for record in records:
-        try:
-            await retry_infrastructure("dead letter", functools.partial(sender.send, [record]))
-        except Exception as exc:
-            note = f"{len(record.value or b'')} bytes: {type(exc).__name__}: {exc}"
-            headers = [*(record.headers or []), (VALUE_OMITTED_HEADER, note.encode())]
-            bare = replace(record, value=None, headers=headers)
-            await retry_infrastructure("dead letter", functools.partial(sender.send, [bare]))
 
 
 def create_app(

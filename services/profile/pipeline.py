@@ -10,13 +10,11 @@
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Protocol
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.profile.internal.v1 import stream_pb2
@@ -24,9 +22,15 @@ from cx.profile.v1 import profile_pb2 as pb
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
-from services.common.batches import failure_reason, process_isolating, retry_infrastructure
+from services.common.batches import (
+    OutRecord,
+    RecordSender,
+    failure_reason,
+    process_isolating,
+    retry_infrastructure,
+    send_dead_letters,
+)
 from services.common.dead_letter import (
-    VALUE_OMITTED_HEADER,
     DeadLetter,
     InvalidRecord,
     SourceRecord,
@@ -35,7 +39,7 @@ from services.common.dead_letter import (
     decode_touchpoint,
     record_time,
 )
-from services.common.telemetry import KafkaHeaders, header_value, inject_kafka_headers
+from services.common.telemetry import header_value, inject_kafka_headers
 from services.profile.adapters.store import ProfileStore, SnapshotUpdate, ToApply
 from services.profile.domain.changes import compute_changes
 from services.profile.domain.derive import derive
@@ -183,22 +187,6 @@ class ApplyOutcome:
     updates: list[SnapshotUpdate]
 
 
-@dataclass(frozen=True)
-class OutRecord:
-    """A record to produce. No headers: the sender adds the current trace context."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None = None
-    partition: int | None = None
-    headers: KafkaHeaders | None = None
-
-
-class RecordSender(Protocol):
-    async def send(self, records: Sequence[OutRecord]) -> None:
-        """Produces the records, returning once the broker acknowledged every one."""
-
-
 class ProfilePipeline:
     """The worker's two stages on batches of consumed records, without Kafka.
 
@@ -278,25 +266,7 @@ class ProfilePipeline:
             await process_isolating(chunk, apply_and_publish, poison, what="apply")
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter], sender: RecordSender) -> None:
-        """Sends dead letters (before the caller commits). One the broker refuses (an
-        original value at the size limit, plus the reason headers) goes without its
-        value, saying so in a header, rather than stopping the stream."""
-        if not letters:
-            return
-        records = [OutRecord(d.topic, d.value, key=d.key, headers=d.headers) for d in letters]
-        try:
-            await retry_infrastructure("dead letters", lambda: sender.send(records))
-            return
-        except Exception as exc:
-            log.error("dead letters refused (%r); sending them one by one", exc)
-        for record in records:
-            try:
-                await retry_infrastructure("dead letter", functools.partial(sender.send, [record]))
-            except Exception as exc:
-                note = f"{len(record.value or b'')} bytes: {type(exc).__name__}: {exc}"
-                headers = [*(record.headers or []), (VALUE_OMITTED_HEADER, note.encode())]
-                bare = replace(record, value=None, headers=headers)
-                await retry_infrastructure("dead letter", functools.partial(sender.send, [bare]))
+        await send_dead_letters(letters, sender)
 
     async def resolve(self, records: Sequence[SourceRecord]) -> ResolveOutcome:
         sink = _ListSink()

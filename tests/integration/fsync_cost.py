@@ -41,6 +41,7 @@ from cx.events.v1 import touchpoint_pb2 as ev
 
 from bench.profile import demo_events, drain, latency, preload
 from bench.stats import Figures
+from services.common.batches import OutRecord
 from services.common.dead_letter import SourceRecord
 from services.common.kafka_io import touchpoint_headers
 from services.common.settings import kafka_settings
@@ -48,7 +49,7 @@ from services.common.validation import partition_key
 from services.demo.journeys import DemoConfig, generate
 from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
-from services.profile.pipeline import OutRecord, ProfilePipeline
+from services.profile.pipeline import ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
 from tests.integration.faults import STACK, free_port
 from tests.paths import REPO_ROOT

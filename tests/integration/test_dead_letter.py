@@ -10,11 +10,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from services.common import dead_letter as dl
+from services.common.batches import OutRecord
 from services.common.kafka_admin import ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.telemetry import header_value
 from services.common.topics import platform_topics
-from services.profile.pipeline import OutRecord, ProfilePipeline
+from services.profile.pipeline import ProfilePipeline
 from tests.factories import page_view
 from tests.integration.conftest import end_offsets, read_record
 from tests.unit.fake_stores import StoreFailingOn

@@ -24,11 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common import dead_letter as dl
+from services.common.batches import OutRecord
 from services.common.settings import redis_settings
 from services.common.telemetry import header_value
 from services.profile.adapters.store import ProfileStore
 from services.profile.domain.segments import load_segments
-from services.profile.pipeline import OutRecord, ProfilePipeline
+from services.profile.pipeline import ProfilePipeline
 from services.profile.settings import Guardrails, ProfileSettings
 from tests.factories import nested_struct, page_view, survey
 

@@ -13,11 +13,11 @@ import redis.exceptions
 from cx.events.v1 import touchpoint_pb2 as ev
 
 from services.common import batches
+from services.common.batches import OutRecord
 from services.common.dead_letter import REASON_HEADER, SourceRecord
 from services.common.telemetry import header_value
 from services.profile.pipeline import (
     Forward,
-    OutRecord,
     ProfilePipeline,
     bundle_forwards,
     read_bundle,
