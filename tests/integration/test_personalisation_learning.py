@@ -137,18 +137,20 @@ def test_outcomes_reach_the_learner_and_change_the_next_decisions(
     # People act: each takes the action of their device when it is shown (accept: 50 / 50
     # = reward 1), and ignores anything else (no outcome: reward 0 when its window ends).
     versions: set[str] = set()
-    recent: dict[str, list[str]] = {device: [] for device in TAKES}
-    deadline = time.monotonic() + 90
+    # The probability the model gave each device's favourite when it last showed it.
+    confidence = dict.fromkeys(TAKES, 0.0)
+    deadline = time.monotonic() + 120
     i = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and min(confidence.values()) < 0.9:
         device = ("mobile", "desktop")[i % 2]
         reply = decide(nba, people[i % len(people)], device)
         i += 1
         (shown,) = reply.actions
         if reply.model_version:
             versions.add(reply.model_version)
-            recent[device] = (recent[device] + [shown.action_id])[-10:]
         if shown.action_id == TAKES[device]:
+            if reply.policy == npb.DECISION_POLICY_LEARNED:
+                confidence[device] = shown.probability
             nba.nba.ReportOutcome(
                 npb.ReportOutcomeRequest(
                     decision_id=reply.decision_id,
@@ -157,18 +159,16 @@ def test_outcomes_reach_the_learner_and_change_the_next_decisions(
                 ),
                 timeout=10,
             )
-        learned = all(len(r) == 10 and Counter(r)[TAKES[d]] >= 8 for d, r in recent.items())
-        if learned:
-            break
         time.sleep(0.01)
     assert len(versions) >= 2, "servers never switched to a newer model"
-    assert all(Counter(r)[TAKES[d]] >= 8 for d, r in recent.items()), (
-        f"after {i} decisions the model still does not follow the device: {recent}"
+    assert min(confidence.values()) >= 0.9, (
+        f"after {i} decisions the model does not follow the device: {confidence}"
     )
 
-    # The next decisions, for someone new, follow what was learned for their device.
+    # The next decisions, for someone new, follow what was learned for their device
+    # (the model still explores a little: most, not all).
     newcomer = customer(nba)
     for device, action in TAKES.items():
-        firsts = Counter(decide(nba, newcomer, device).actions[0].action_id for _ in range(10))
-        assert firsts[action] >= 8, (device, firsts)
-        assert firsts[STATIC_CHOICE] <= 2
+        firsts = Counter(decide(nba, newcomer, device).actions[0].action_id for _ in range(20))
+        assert firsts[action] >= 14, (device, firsts)
+        assert firsts[STATIC_CHOICE] <= 4, (device, firsts)
