@@ -481,7 +481,7 @@ def report(
     The reward rate is the mean reward per decision with a profile (a decision's reward:
     the best outcome of its first action within the learning file's window, 0 without
     one). Shows the difference with Welch's 95 % interval and the relative lift
-    (treatment - holdout) / holdout with a delta-method 95 % interval. Decisions whose
+    (treatment - holdout) / holdout with the 95 % interval of the log ratio. Decisions whose
     window has not ended, without an accept or dismiss yet, are left out and counted.
     """
     read, filters = read_log(

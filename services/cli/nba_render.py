@@ -495,7 +495,8 @@ def lift_report(
         )
     table.caption = (
         "Decisions with a profile. Difference: treatment - holdout, Welch's 95% interval; "
-        "lift: difference / holdout, delta-method 95% interval.\n" + _log_caption(summary, filters)
+        "lift: difference / holdout, 95% interval of the log ratio.\n"
+        + _log_caption(summary, filters)
     )
     return table
 

@@ -240,12 +240,17 @@ def test_report_gives_the_reward_rates_difference_and_lift_by_hand(
     half = difference["high"] - difference["value"]
     assert 2.2 < half / se < 2.6  # t(0.975) for about 8.7 degrees of freedom
     assert df == pytest.approx(8.7, abs=0.3)
-    # The lift (0.2 - 0.075) / 0.075 and its delta-method interval.
+    # The lift (0.2 - 0.075) / 0.075 (its delta-method stderr), and the interval of the
+    # log ratio log(0.2 / 0.075), exponentiated.
     lift = hero["lift"]
     assert lift["value"] == pytest.approx(0.125 / 0.075)
     lift_se = math.sqrt(var_t / 0.075**2 + 0.2**2 * var_h / 0.075**4)
     assert lift["stderr"] == pytest.approx(lift_se)
-    assert lift["low"] == pytest.approx(0.125 / 0.075 - 1.959964 * lift_se)
+    log_se = math.sqrt(var_t / 0.2**2 + var_h / 0.075**2)
+    log_ratio = math.log(0.2 / 0.075)
+    assert lift["low"] == pytest.approx(math.exp(log_ratio - 1.959964 * log_se) - 1)
+    assert lift["high"] == pytest.approx(math.exp(log_ratio + 1.959964 * log_se) - 1)
+    assert lift["low"] > -1
 
     banner = rows[BANNER]
     assert banner["treatment"]["decisions"] == 2

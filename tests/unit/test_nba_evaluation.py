@@ -446,11 +446,32 @@ def test_difference_and_lift_intervals_by_hand() -> None:
     assert row.difference.value == pytest.approx(5 / 12)
     assert row.difference.low == pytest.approx(5 / 12 - t * se)
     assert row.difference.high == pytest.approx(5 / 12 + t * se)
-    # Lift (T - H) / H = 1.25; se^2 = var_t / H^2 + T^2 var_h / H^4 = 0.5625 + 2.025.
+    # Lift T / H - 1 = 1.25; its delta-method se^2 = var_t / H^2 + T^2 var_h / H^4 =
+    # 0.5625 + 2.025. The interval is log(T / H) = log(2.25) = 0.81093 with se^2 =
+    # var_t / T^2 + var_h / H^2 = 0.11111 + 0.4, exponentiated: exp(0.81093 -+ 1.96 x
+    # 0.71492) - 1 = -0.4458 .. 8.1353.
     assert row.lift is not None
     assert row.lift.value == pytest.approx(1.25)
     assert row.lift.stderr == pytest.approx(math.sqrt(2.5875))
-    assert row.lift.low == pytest.approx(1.25 - 1.959964 * math.sqrt(2.5875))
+    log_se = math.sqrt(0.0625 / 0.75**2 + var_h / (1 / 3) ** 2)
+    assert log_se == pytest.approx(0.71492, abs=1e-5)
+    assert row.lift.low == pytest.approx(math.exp(math.log(2.25) - 1.959964 * log_se) - 1)
+    assert row.lift.high == pytest.approx(math.exp(math.log(2.25) + 1.959964 * log_se) - 1)
+    assert row.lift.low == pytest.approx(-0.4458, abs=1e-4)
+    assert row.lift.high == pytest.approx(8.1353, abs=1e-4)
+
+
+def test_a_lift_interval_never_goes_below_minus_100_percent() -> None:
+    # A small, noisy holdout: the symmetric delta-method interval would reach below -100 %.
+    row = ev.compare("all", [0.5] * 10 + [0.0] * 30, [0.5] * 3 + [0.0] * 27)
+    assert row.lift is not None
+    assert row.lift.value - 1.96 * row.lift.stderr < -1
+    assert -1 < row.lift.low < row.lift.value < row.lift.high
+    # Treatment that earned nothing: -100 %, the interval cut there.
+    zero = ev.compare("all", [0.0] * 10, [0.5] * 3 + [0.0] * 27)
+    assert zero.lift is not None
+    assert zero.lift.value == -1.0
+    assert zero.lift.low == -1.0
 
 
 @pytest.mark.parametrize(

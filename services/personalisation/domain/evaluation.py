@@ -462,7 +462,8 @@ class Comparison:
     holdout: Rate
     # treatment - holdout, with Welch's 95 % interval.
     difference: Estimate | None
-    # (treatment - holdout) / holdout, with a delta-method 95 % interval.
+    # (treatment - holdout) / holdout, with the 95 % interval of the log ratio (its
+    # stderr: the delta method's on the lift itself).
     lift: Estimate | None
     note: str = ""
 
@@ -479,9 +480,10 @@ class Comparison:
 
 def compare(placement: str, treatment: Sequence[float], holdout: Sequence[float]) -> Comparison:
     """The reward rates of the two groups, their difference with Welch's interval (t with
-    the Welch-Satterthwaite degrees of freedom) and the relative lift (T - H) / H with
-    the delta method's interval: se = sqrt(var_T / H^2 + T^2 var_H / H^4), where var_T
-    and var_H are the variances of the two means."""
+    the Welch-Satterthwaite degrees of freedom) and the relative lift T / H - 1 with the
+    interval of log(T / H) (delta method: se = sqrt(var_T / T^2 + var_H / H^2), where
+    var_T and var_H are the variances of the two means), exponentiated: asymmetric, as a
+    ratio's is, and never below -100 %."""
     rate_t = Rate(len(treatment), math.fsum(treatment))
     rate_h = Rate(len(holdout), math.fsum(holdout))
     short = [name for name, xs in (("treatment", treatment), ("holdout", holdout)) if len(xs) < 2]
@@ -514,7 +516,23 @@ def compare(placement: str, treatment: Sequence[float], holdout: Sequence[float]
         )
     lift = mean_t / mean_h - 1
     lift_se = math.sqrt(var_t / mean_h**2 + mean_t**2 * var_h / mean_h**4)
-    return Comparison(placement, rate_t, rate_h, difference, Estimate.normal(lift, lift_se))
+    if mean_t <= 0:
+        # No log ratio: the delta method's interval, cut at -100 % (rates are >= 0).
+        normal = Estimate.normal(lift, lift_se)
+        return Comparison(
+            placement,
+            rate_t,
+            rate_h,
+            difference,
+            Estimate(lift, max(normal.low, -1.0), normal.high, lift_se),
+        )
+    # The interval of the log of the ratio (delta method), back on the lift's scale: a
+    # ratio of rates is skewed, and this interval never goes below -100 %.
+    log_se = math.sqrt(var_t / mean_t**2 + var_h / mean_h**2)
+    log_ratio = math.log(mean_t / mean_h)
+    low = math.exp(log_ratio - Z * log_se) - 1
+    high = math.exp(log_ratio + Z * log_se) - 1
+    return Comparison(placement, rate_t, rate_h, difference, Estimate(lift, low, high, lift_se))
 
 
 def compared(decision: Logged) -> bool:
