@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import getpass
-import re
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from google.protobuf.message import Message
 
 from services.alerts.settings import AlertsSettings
 from services.cli import alerts_render as render
-from services.cli.common import stdout_console, stub_for
+from services.cli.common import duration_seconds, stdout_console, stub_for
 from services.common.settings import grpc_address
 
 app = typer.Typer(
@@ -44,8 +43,6 @@ class StateName(StrEnum):
 STATES: tuple[str, ...] = tuple(s.value for s in StateName)
 # Silence matcher names (services/alerts/domain/incidents.py MATCHER_NAMES).
 MATCHERS = ("team", "rule", "touchpoint", "profile_id", "severity")
-DURATION_RE = re.compile(r"^(\d+)([smhd])$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 CALL = "Call"
 Address = Annotated[
@@ -253,10 +250,10 @@ def matchers(items: Iterable[str]) -> list[pb.Matcher]:
 
 def duration_s(text: str) -> int:
     """`90s`, `30m`, `2h`, `7d` in seconds."""
-    found = DURATION_RE.match(text.strip())
-    if not found or int(found.group(1)) == 0:
+    seconds = duration_seconds(text)
+    if not seconds:
         raise typer.BadParameter(f"{text!r} is not a duration such as 30m, 2h or 1d")
-    return int(found.group(1)) * UNIT_S[found.group(2)]
+    return seconds
 
 
 def instant(text: str, option: str) -> datetime:

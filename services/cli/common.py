@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,9 @@ from services.common.grpc_client import traced_channel
 # Exit codes: 1 a failed call (or rejected input), 2 a usage error or INVALID_ARGUMENT.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# A duration option: 90s, 30m, 2h, 7d.
+DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Stub = TypeVar("Stub")
 
@@ -23,6 +27,13 @@ Stub = TypeVar("Stub")
 def stdout_console() -> Console:
     """A console on the current stdout (created per call: tests swap the stream)."""
     return Console(highlight=False)
+
+
+def duration_seconds(text: str) -> int | None:
+    """`90s`, `30m`, `2h`, `7d` in seconds (0 for `0s`); None when `text` is not such a
+    duration."""
+    found = DURATION_RE.match(text.strip())
+    return int(found.group(1)) * UNIT_S[found.group(2)] if found else None
 
 
 def rpc_failure(exc: grpc.RpcError) -> NoReturn:

@@ -22,8 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli import nba_render as render
-from services.cli.alerts import DURATION_RE, UNIT_S
-from services.cli.common import stdout_console, stub_for
+from services.cli.common import duration_seconds, stdout_console, stub_for
 from services.common.conditions import RuleConfigError
 from services.common.settings import grpc_address, kafka_settings
 from services.personalisation.adapters.decision_log_reader import (
@@ -395,11 +394,11 @@ def moment(text: str | None, option: str, now: datetime) -> datetime | None:
     """`--since`/`--until`: a duration before `now` (30m, 24h, 7d) or an ISO date-time."""
     if text is None:
         return None
-    found = DURATION_RE.match(text.strip())
-    if found:
-        if int(found.group(1)) == 0:
+    seconds = duration_seconds(text)
+    if seconds is not None:
+        if seconds == 0:
             raise typer.BadParameter(f"{text!r} is an empty duration", param_hint=option)
-        return now - timedelta(seconds=int(found.group(1)) * UNIT_S[found.group(2)])
+        return now - timedelta(seconds=seconds)
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError as exc:
