@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli import nba_render as render
-from services.cli.common import duration_seconds, stdout_console, stub_for
+from services.cli.common import EXIT_FAILED, duration_seconds, stdout_console, stub_for
 from services.common.conditions import RuleConfigError
 from services.common.settings import grpc_address, kafka_settings
 from services.personalisation.adapters.decision_log_reader import (
@@ -332,9 +332,7 @@ def actions(
 # --- evidence: report and evaluate ----------------------------------------------------
 
 LOG = "Decision log"
-POLICY_NAMES = ("static", "control", "logged")
 POLICY_FILES = ("model", "catalogue")
-EXIT_UNAVAILABLE = 1
 DEFAULT_KAFKA_TIMEOUT_S = 3.0
 
 Since = Annotated[
@@ -452,7 +450,7 @@ def read_log(
         )
     except DecisionLogUnavailable as exc:
         print(f"error: UNAVAILABLE: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+        raise typer.Exit(EXIT_FAILED) from exc
     filters = {
         "placement": placement,
         "since": start.isoformat() if start else None,
@@ -507,7 +505,8 @@ def target_policy(spec: str) -> evaluation.Target:
         target = evaluation.TARGETS.get(spec)
         if target is None:
             raise typer.BadParameter(
-                f"{spec!r} is not one of {', '.join(POLICY_NAMES)}, model:FILE, catalogue:FILE",
+                f"{spec!r} is not one of {', '.join(evaluation.TARGETS)}, model:FILE, "
+                "catalogue:FILE",
                 param_hint=hint,
             )
         return target
