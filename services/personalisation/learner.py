@@ -100,6 +100,7 @@ from services.personalisation.adapters.learning_store import (
     NOT_TRAINED,
     TIMEOUT,
     CheckpointInfo,
+    Due,
     LearningStore,
     Outcome,
     PendingDecision,
@@ -315,11 +316,11 @@ class LearnerPipeline:
         if nothing_shown:
             RECORDS.labels("decisions", "nothing_shown").inc(nothing_shown)
         results = self.store.store(pending, self.settle_after_ms, self.clock())
-        finals: list[tuple[str, frozenset[str], float]] = []
+        finals: list[Due] = []
         for item, result in zip(pending, results, strict=True):
             RECORDS.labels("decisions", result.status).inc()
             if result.outcomes & FINAL_OUTCOMES:
-                finals.append((item.decision_id, result.outcomes, item.business_value))
+                finals.append(Due(item.decision_id, result.outcomes, item.business_value))
         self._settle_final(finals)
         return letters
 
@@ -348,11 +349,11 @@ class LearnerPipeline:
         if invalid:
             RECORDS.labels("touchpoints", "invalid").inc(invalid)
         results = self.store.record(outcomes)
-        finals: list[tuple[str, frozenset[str], float]] = []
+        finals: list[Due] = []
         for outcome, result in zip(outcomes, results, strict=True):
             RECORDS.labels("touchpoints", result.status).inc()
             if result.status == "recorded" and outcome.outcome in FINAL_OUTCOMES:
-                finals.append((outcome.decision_id, result.outcomes, result.business_value))
+                finals.append(Due(outcome.decision_id, result.outcomes, result.business_value))
         self._settle_final(finals)
         with self._lock:
             self._touchpoints.seen_ms = max(self._touchpoints.seen_ms, newest)
@@ -388,24 +389,33 @@ class LearnerPipeline:
 
     # --- settling ------------------------------------------------------------------------
 
-    def _settle_final(self, finals: Sequence[tuple[str, frozenset[str], float]]) -> None:
+    def _settlements(self, due: Sequence[Due]) -> list[Settlement]:
+        """Each decision's reason and reward, from the outcomes it has now."""
+        rewards = self.config.rewards
+        return [
+            Settlement(
+                d.decision_id,
+                reason_of(d.outcomes),
+                rewards.settle(d.outcomes, d.business_value),
+                d.outcomes,
+            )
+            for d in due
+        ]
+
+    def _settle_final(self, finals: Sequence[Due]) -> None:
         """Settles decisions that have a final outcome now; one whose outcomes changed
         meanwhile is read again and settled with all of them."""
         todo = list(finals)
         for _ in range(SETTLE_ATTEMPTS):
             if not todo:
                 return
-            settlements = [
-                Settlement(d, reason_of(o), self.config.rewards.settle(o, v), o) for d, o, v in todo
-            ]
+            settlements = self._settlements(todo)
             results = self.store.settle(settlements, self.clock())
             changed = [
                 s.decision_id for s, r in zip(settlements, results, strict=True) if r == "changed"
             ]
             self._count(settlements, results)
-            todo = [
-                (p.decision_id, p.outcomes, p.business_value) for p in self.store.pending(changed)
-            ]
+            todo = self.store.pending(changed)
         if todo:
             # Left for the timer (still due at its window's end, with every outcome).
             log.warning(
@@ -432,15 +442,7 @@ class LearnerPipeline:
             due = self.store.due(self.horizon_ms(now), SETTLE_BATCH)
             if not due:
                 break
-            settlements = [
-                Settlement(
-                    d.decision_id,
-                    reason_of(d.outcomes),
-                    self.config.rewards.settle(d.outcomes, d.business_value),
-                    d.outcomes,
-                )
-                for d in due
-            ]
+            settlements = self._settlements(due)
             results = self.store.settle(settlements, now)
             settled += self._count(settlements, results)
             if len(due) < SETTLE_BATCH or "changed" in results:

@@ -363,7 +363,8 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Due:
-    """A pending decision whose window ended: what its reward is computed from."""
+    """A pending decision to settle (its window ended, or a final outcome came): what
+    its reward is computed from."""
 
     decision_id: str
     outcomes: frozenset[str]
