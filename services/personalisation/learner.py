@@ -283,7 +283,6 @@ class LearnerPipeline:
     ) -> None:
         self.store = store
         self.config = config
-        self.settle_after_ms = int(config.window.settle_after_s * 1000)
         self.dlq_topic = dlq_topic
         self.touchpoints_dlq_topic = touchpoints_dlq_topic
         self.consumer = consumer
@@ -315,7 +314,7 @@ class LearnerPipeline:
             RECORDS.labels("decisions", "no_profile").inc(no_profile)
         if nothing_shown:
             RECORDS.labels("decisions", "nothing_shown").inc(nothing_shown)
-        results = self.store.store(pending, self.settle_after_ms, self.clock())
+        results = self.store.store(pending, self.clock())
         finals: list[Due] = []
         for item, result in zip(pending, results, strict=True):
             RECORDS.labels("decisions", result.status).inc()

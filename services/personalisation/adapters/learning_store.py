@@ -45,7 +45,6 @@ Decide servers read only `model_current_key` and `model_blob_key` (`current_vers
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -279,7 +278,7 @@ def current_info(client: redis.Redis, prefix: str) -> CheckpointInfo | None:
 def load_current(client: redis.Redis, prefix: str) -> Checkpoint | None:
     """The current checkpoint with its model's bytes, read in one script (so the blob
     is the one `current` names); None before the first checkpoint."""
-    reply: list[Any] = client.eval(_LOAD, 1, model_current_key(prefix), f"{prefix}{MODEL_BLOB}")
+    reply: list[Any] = client.eval(_LOAD, 1, model_current_key(prefix), model_blob_key(prefix, ""))
     if not reply:
         return None
     blob = reply.pop()
@@ -287,10 +286,9 @@ def load_current(client: redis.Redis, prefix: str) -> Checkpoint | None:
         raise TypeError("load_current needs a client that returns bytes (no decode_responses)")
     fields = {as_text(reply[i]): as_text(reply[i + 1]) for i in range(0, len(reply), 2)}
     info = CheckpointInfo.of(fields)
-    model_bytes = blob
-    if not model_bytes:
+    if not blob:
         raise LookupError(f"model {info.version} has no blob")
-    return Checkpoint(info, model_bytes)
+    return Checkpoint(info, blob)
 
 
 # --- what the store holds ------------------------------------------------------------------
@@ -412,14 +410,15 @@ def stream_ms(entry_id: str) -> int:
 
 class LearningStore:
     """The learner's Redis state (see the module doc) on a synchronous client: every
-    method is one round trip (a pipeline of script calls for a batch)."""
+    method is one round trip (a pipeline of script calls for a batch), but `due` and
+    `write_checkpoint`, two."""
 
     def __init__(self, client: redis.Redis, prefix: str, settle_after_s: float) -> None:
         self.client = client
         self.prefix = prefix
-        window_ms = int(settle_after_s * 1000)
-        self.early_ttl_ms = max(2 * window_ms, MIN_EARLY_TTL_MS)
-        self.marker_ttl_ms = max(4 * window_ms, MIN_MARKER_TTL_MS)
+        self.settle_after_ms = int(settle_after_s * 1000)
+        self.early_ttl_ms = max(2 * self.settle_after_ms, MIN_EARLY_TTL_MS)
+        self.marker_ttl_ms = max(4 * self.settle_after_ms, MIN_MARKER_TTL_MS)
         self._store = client.register_script(_STORE)
         self._record = client.register_script(_RECORD)
         self._settle = client.register_script(_SETTLE)
@@ -479,14 +478,13 @@ class LearningStore:
 
     # --- decisions and outcomes --------------------------------------------------------
 
-    def store(
-        self, decisions: Sequence[PendingDecision], settle_after_ms: int, now_ms: int
-    ) -> list[Stored]:
+    def store(self, decisions: Sequence[PendingDecision], now_ms: int) -> list[Stored]:
+        """Stores each decision as pending, due `settle_after_ms` after it was made."""
         if not decisions:
             return []
         pipe = self.client.pipeline(transaction=False)
         for d in decisions:
-            due_ms = d.decided_ms + settle_after_ms
+            due_ms = d.decided_ms + self.settle_after_ms
             ttl_ms = max(due_ms - now_ms, 0) + PENDING_GRACE_MS
             pairs = [x for item in d.fields(due_ms).items() for x in item]
             self._store(
@@ -642,10 +640,6 @@ class LearningStore:
 
     def release_lease(self, token: str) -> None:
         self._release(keys=[self.lease_key], args=[token])
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 __all__ = [
