@@ -136,6 +136,11 @@ def _variance(xs: Sequence[float]) -> float:
     return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
 
 
+def _mean_estimate(xs: Sequence[float]) -> Estimate:
+    """The mean with the sample standard error (at least two values)."""
+    return Estimate.normal(_mean(xs), math.sqrt(_variance(xs) / len(xs)))
+
+
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile for a probability p in (0.5, 1) and df >= 1 degrees of freedom
     (not necessarily whole, as Welch's are), found by Newton's method from the normal
@@ -228,8 +233,7 @@ def ips(samples: Sequence[Sample]) -> Estimate | None:
     """mean(w r), with the sample standard error of w r; None below two samples."""
     if len(samples) < 2:
         return None
-    terms = [s.weight * s.reward for s in samples]
-    return Estimate.normal(_mean(terms), math.sqrt(_variance(terms) / len(terms)))
+    return _mean_estimate([s.weight * s.reward for s in samples])
 
 
 def snips(samples: Sequence[Sample]) -> Estimate | None:
@@ -251,8 +255,7 @@ def estimate(samples: Sequence[Sample]) -> OffPolicy:
     matched = sum(1 for w in weights if w > 0)
     squares = math.fsum(w * w for w in weights)
     ess = math.fsum(weights) ** 2 / squares if squares > 0 else 0.0
-    rewards = [s.reward for s in samples]
-    logged = Estimate.normal(_mean(rewards), math.sqrt(_variance(rewards) / n)) if n >= 2 else None
+    logged = _mean_estimate([s.reward for s in samples]) if n >= 2 else None
     note = ""
     if n < 2:
         note = f"{NOT_ENOUGH}: {n} decision(s) to evaluate"
@@ -320,25 +323,26 @@ def allowed(record: pb.DecisionRecord) -> list[pb.RankedAction]:
     return [a for a in record.ranked if a.action_id not in out]
 
 
+def _best_allowed(
+    record: pb.DecisionRecord, score: Callable[[pb.RankedAction], float]
+) -> str | None:
+    """The allowed action with the highest `score`, promoted actions first, ties by
+    action id."""
+    best = min(
+        allowed(record), key=lambda a: (not a.promoted, -score(a), a.action_id), default=None
+    )
+    return best.action_id if best is not None else None
+
+
 def static_target(record: pb.DecisionRecord) -> str | None:
     """The static rules: promoted actions first, then the highest priority P x C x V x L,
     ties by action id."""
-    best = min(
-        allowed(record),
-        key=lambda a: (not a.promoted, -a.score.priority, a.action_id),
-        default=None,
-    )
-    return best.action_id if best is not None else None
+    return _best_allowed(record, lambda a: a.score.priority)
 
 
 def control_target(record: pb.DecisionRecord) -> str | None:
     """The holdout's control policy: promoted actions first, then value x lever."""
-    best = min(
-        allowed(record),
-        key=lambda a: (not a.promoted, -a.score.business_value * a.score.lever, a.action_id),
-        default=None,
-    )
-    return best.action_id if best is not None else None
+    return _best_allowed(record, lambda a: a.score.business_value * a.score.lever)
 
 
 def logged_target(record: pb.DecisionRecord) -> dict[str, float]:
