@@ -3,8 +3,9 @@
 `cx.touchpoints.v1`, joined by decision id and settled with the learning file's rewards
 and window (`evaluation.settle`, the learner's semantics).
 
-Reading is bounded: each topic is read from the beginning (or from `since`) up to its end
-offsets as they were when reading started, with a plain consumer (no group, nothing
+Reading is bounded: the decisions are read from the beginning (or from `since`), the
+touchpoints from a minute before the oldest decision read, each topic up to its end
+offsets as they were when reading it started, with a plain consumer (no group, nothing
 committed), so a report terminates while the service keeps deciding. A broker that does
 not answer ends the read with `DecisionLogUnavailable` within `connect_timeout_s`, or
 `stall_timeout_s` once reading stopped making progress.
@@ -81,6 +82,8 @@ class TopicReader:
         self.bootstrap_servers = bootstrap_servers
         self.stall_timeout_s = stall_timeout_s
         timeout_ms = max(int(connect_timeout_s * 1000), 100)
+        # Requests (offsets, metadata) get at least five seconds.
+        self._timeout_ms = max(timeout_ms, 5_000)
         quiet_repeated_kafka_logs()
         try:
             self._consumer = KafkaConsumer(
@@ -90,7 +93,7 @@ class TopicReader:
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,
                 bootstrap_timeout_ms=timeout_ms,
-                request_timeout_ms=max(timeout_ms, 5_000),
+                request_timeout_ms=self._timeout_ms,
                 reconnect_backoff_max_ms=1_000,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
@@ -100,7 +103,6 @@ class TopicReader:
             raise DecisionLogUnavailable(
                 f"Kafka at {bootstrap_servers} does not answer: {exc}"
             ) from exc
-        self._timeout_ms = max(timeout_ms, 5_000)
 
     def close(self) -> None:
         self._consumer.close()
