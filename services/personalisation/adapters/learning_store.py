@@ -51,7 +51,7 @@ from typing import Any
 
 import redis
 
-from services.common.redis_values import as_text, text_map
+from services.common.redis_values import as_text, lua_constants, text_map
 from services.personalisation.domain.learning import ArmSpec, TrainingExample
 
 LEARN = "nba:learn:"
@@ -83,10 +83,17 @@ MIN_MARKER_TTL_MS = 3600 * 1000
 TIMEOUT = "timeout"
 NOT_TRAINED = "0-0"
 
+# What the decision scripts share with this module.
+_PRELUDE = lua_constants(
+    {"OUTCOME_FIELD": OUTCOME_FIELD}, "services/personalisation/adapters/learning_store.py"
+)
+
 # KEYS: pending, settled, due, early. ARGV: decision id, due ms, ttl ms, first action id,
 # then the pending hash's field/value pairs.
 # Returns {'stored', outcomes...} (outcomes that were waiting), {'duplicate'} or {'settled'}.
-_STORE = """
+_STORE = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'settled'} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate'} end
 local fields = {}
@@ -99,7 +106,7 @@ if #early > 0 then
   for i = 1, #early, 2 do
     if string.sub(early[i], 1, #prefix) == prefix then
       local outcome = string.sub(early[i], #prefix + 1)
-      if redis.call('HSETNX', KEYS[1], 'o:' .. outcome, early[i + 1]) == 1 then
+      if redis.call('HSETNX', KEYS[1], OUTCOME_FIELD .. outcome, early[i + 1]) == 1 then
         out[#out + 1] = outcome
       end
     end
@@ -110,11 +117,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return out
 """
+)
 
 # KEYS: pending, settled, early. ARGV: action id, outcome, occurred ms, early ttl ms.
 # Returns {'recorded', business value, outcomes...}, {'early'}, {'other_action'} or
 # {'settled'}.
-_RECORD = """
+_RECORD = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'settled'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSETNX', KEYS[3], ARGV[1] .. '|' .. ARGV[2], ARGV[3])
@@ -122,19 +132,24 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'early'}
 end
 if redis.call('HGET', KEYS[1], 'action') ~= ARGV[1] then return {'other_action'} end
-redis.call('HSETNX', KEYS[1], 'o:' .. ARGV[2], ARGV[3])
+redis.call('HSETNX', KEYS[1], OUTCOME_FIELD .. ARGV[2], ARGV[3])
 local out = {'recorded', redis.call('HGET', KEYS[1], 'value')}
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(name, 1, 2) == 'o:' then out[#out + 1] = string.sub(name, 3) end
+  if string.sub(name, 1, #OUTCOME_FIELD) == OUTCOME_FIELD then
+    out[#out + 1] = string.sub(name, #OUTCOME_FIELD + 1)
+  end
 end
 return out
 """
+)
 
 # KEYS: pending, settled, due, rewards. ARGV: decision id, reason, reward, settled ms,
 # marker ttl ms, the outcomes the reward was computed from (sorted, comma-separated),
 # the stream's cap. Returns 'settled', 'already' (settled before), 'missing' (no pending
 # state: expired) or 'changed' (an outcome came in since: compute the reward again).
-_SETTLE = """
+_SETTLE = (
+    _PRELUDE
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'already' end
 local flat = redis.call('HGETALL', KEYS[1])
 if #flat == 0 then
@@ -143,7 +158,9 @@ if #flat == 0 then
 end
 local outcomes = {}
 for i = 1, #flat, 2 do
-  if string.sub(flat[i], 1, 2) == 'o:' then outcomes[#outcomes + 1] = string.sub(flat[i], 3) end
+  if string.sub(flat[i], 1, #OUTCOME_FIELD) == OUTCOME_FIELD then
+    outcomes[#outcomes + 1] = string.sub(flat[i], #OUTCOME_FIELD + 1)
+  end
 end
 table.sort(outcomes)
 if table.concat(outcomes, ',') ~= ARGV[6] then return 'changed' end
@@ -155,6 +172,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 'settled'
 """
+)
 
 # KEYS: lease. ARGV: token, ttl ms. 1 when the caller holds the lease (taken or renewed).
 _LEASE = """
