@@ -47,13 +47,14 @@ Nothing is built at import: `create_app(settings, ...)` builds the app.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,12 +316,14 @@ class LearnerPipeline:
         if nothing_shown:
             RECORDS.labels("decisions", "nothing_shown").inc(nothing_shown)
         results = self.store.store(pending, self.clock())
-        finals: list[Due] = []
-        for item, result in zip(pending, results, strict=True):
-            RECORDS.labels("decisions", result.status).inc()
-            if result.outcomes & FINAL_OUTCOMES:
-                finals.append(Due(item.decision_id, result.outcomes, item.business_value))
-        self._settle_final(finals)
+        _count_records("decisions", (r.status for r in results))
+        self._settle_final(
+            [
+                Due(item.decision_id, result.outcomes, item.business_value)
+                for item, result in zip(pending, results, strict=True)
+                if result.outcomes & FINAL_OUTCOMES
+            ]
+        )
         return letters
 
     def dead_letter_decision(self, record: SourceRecord, exc: Exception) -> DeadLetter:
@@ -348,12 +351,14 @@ class LearnerPipeline:
         if invalid:
             RECORDS.labels("touchpoints", "invalid").inc(invalid)
         results = self.store.record(outcomes)
-        finals: list[Due] = []
-        for outcome, result in zip(outcomes, results, strict=True):
-            RECORDS.labels("touchpoints", result.status).inc()
-            if result.status == "recorded" and outcome.outcome in FINAL_OUTCOMES:
-                finals.append(Due(outcome.decision_id, result.outcomes, result.business_value))
-        self._settle_final(finals)
+        _count_records("touchpoints", (r.status for r in results))
+        self._settle_final(
+            [
+                Due(outcome.decision_id, result.outcomes, result.business_value)
+                for outcome, result in zip(outcomes, results, strict=True)
+                if result.status == "recorded" and outcome.outcome in FINAL_OUTCOMES
+            ]
+        )
         with self._lock:
             self._touchpoints.seen_ms = max(self._touchpoints.seen_ms, newest)
             self._touchpoints.batch_at = time.monotonic()
@@ -463,6 +468,12 @@ class LearnerPipeline:
         RECORDS.labels(source, "dead_lettered").inc()
         log.warning("record %s/%d@%d dead-lettered: %s", *_where(record), error)
         return dead_letter(record, error, dlq_topic=topic, consumer=self.consumer)
+
+
+def _count_records(topic: str, results: Iterable[str]) -> None:
+    """Counts a batch's records by result (one metric update per result, not per record)."""
+    for result, count in collections.Counter(results).items():
+        RECORDS.labels(topic, result).inc(count)
 
 
 def _where(record: SourceRecord) -> tuple[str, int, int]:
