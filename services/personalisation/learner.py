@@ -105,6 +105,7 @@ from services.personalisation.adapters.learning_store import (
     LearningStore,
     Outcome,
     PendingDecision,
+    RewardEntry,
     Settlement,
     current_info,
     load_current,
@@ -535,22 +536,22 @@ class Trainer:
                 return 0
             entries = self.store.read_rewards(self.cursor, TRAIN_BATCH)
             for entry in entries:
-                self._learn(self.model, entry.entry_id, entry.example)
+                self._learn(self.model, entry)
             if self._checkpoint_due():
                 self._checkpoint()
             return len(entries)
 
-    def _learn(self, model: Model, entry_id: str, example: Callable[[], Any]) -> None:
+    def _learn(self, model: Model, entry: RewardEntry) -> None:
         try:
-            model.learn(example())
+            model.learn(entry.example())
         except Exception as exc:  # a bad entry must not stop training (VW raises plain errors)
             BAD_EXAMPLES.inc()
-            log.error("rewards entry %s skipped: %s: %s", entry_id, type(exc).__name__, exc)
+            log.error("rewards entry %s skipped: %s: %s", entry.entry_id, type(exc).__name__, exc)
         else:
             self.trained += 1
             self.since += 1
             TRAINED.inc()
-        self.cursor = entry_id
+        self.cursor = entry.entry_id
         self.dirty = True
 
     def _checkpoint_due(self) -> bool:
