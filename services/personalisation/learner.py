@@ -56,6 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -96,6 +97,7 @@ from services.common.settings import (
 )
 from services.common.stream_worker import FaustSender, batch_span, each_batch, faust_app, raw_topic
 from services.common.topics import TOUCHPOINT_RETENTION_MS, TopicSpec
+from services.common.validation import DEFAULT_LIMITS
 from services.personalisation import decision_records
 from services.personalisation.adapters.learning_store import (
     NOT_TRAINED,
@@ -239,8 +241,9 @@ def pending_of(record: pb.DecisionRecord, record_ms: int | None) -> PendingDecis
     )
 
 
-def decode_decision(record: SourceRecord) -> pb.DecisionRecord:
-    """The record's DecisionRecord; InvalidRecord when it is not one."""
+def decode_decision(record: SourceRecord, clock_ms: int | None = None) -> pb.DecisionRecord:
+    """The record's DecisionRecord; InvalidRecord when it is not one, or when its time is
+    out of range (`clock_ms`: now, by default the wall clock)."""
     if record.value is None:
         raise InvalidRecord("record has no value (tombstone)", "value")
     decision = pb.DecisionRecord()
@@ -250,7 +253,22 @@ def decode_decision(record: SourceRecord) -> pb.DecisionRecord:
         raise InvalidRecord(f"not a protobuf DecisionRecord: {exc}", "value") from exc
     if not decision.decision_id:
         raise InvalidRecord("is required", "decision_id")
+    if decision.HasField("decided_at"):
+        # The same bounds as an event's time (services/common/validation.py): a decision
+        # dated 1970 would train as a timed-out one, one dated ahead would never settle.
+        decided_ms = decision.decided_at.ToMilliseconds()
+        limits = DEFAULT_LIMITS
+        if decided_ms > (now_ms() if clock_ms is None else clock_ms) + _ms(limits.max_future_skew):
+            raise InvalidRecord(
+                f"is more than {limits.max_future_skew} in the future", "decided_at"
+            )
+        if decided_ms < limits.earliest_occurred_at.timestamp() * 1000:
+            raise InvalidRecord(f"is before {limits.earliest_occurred_at.date()}", "decided_at")
     return decision
+
+
+def _ms(span: timedelta) -> int:
+    return int(span.total_seconds() * 1000)
 
 
 OUTCOME_NAMES = {

@@ -23,6 +23,7 @@ from services.personalisation.learner import (
 )
 from tests.support.learner import decision
 
+NOW_MS = int(time.time() * 1000)
 ARMS = (("upgrade_plan", "upsell"), ("care_survey", "survey"))
 
 
@@ -75,6 +76,22 @@ def test_unreadable_decision_records_say_why(value: bytes | None, field: str) ->
     with pytest.raises(InvalidRecord) as error:
         decode_decision(record_of(value))
     assert error.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("decided_ms", "reason"),
+    [(1_000, "is before 2000-01-01"), (NOW_MS + 3_600_000, "in the future")],
+)
+def test_decision_records_dated_out_of_range_say_why(decided_ms: int, reason: str) -> None:
+    record = pb.DecisionRecord(decision_id="d-1")
+    record.decided_at.FromMilliseconds(decided_ms)
+    with pytest.raises(InvalidRecord, match=reason) as error:
+        decode_decision(record_of(record.SerializeToString()), clock_ms=NOW_MS)
+    assert error.value.field == "decided_at"
+    # Within the bounds (a replayed decision of last week, a little clock skew): read.
+    for ok_ms in (NOW_MS - 7 * 86_400_000, NOW_MS + 60_000):
+        record.decided_at.FromMilliseconds(ok_ms)
+        decode_decision(record_of(record.SerializeToString()), clock_ms=NOW_MS)
 
 
 def test_a_decision_settles_by_its_final_outcome_else_by_its_window() -> None:
