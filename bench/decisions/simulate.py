@@ -251,12 +251,7 @@ def simulate(
             choice = _reordered(ranking, order)
         else:
             model = learner.serving if learner is not None else None
-            choice = policy.order(
-                ranking,
-                {**ranking.features, **arbitration.request_fields(m.request)},
-                model,
-                decision_id,
-            )
+            choice = policy.order(ranking, m.request, model, decision_id)
         reservation = ledger.reserve(
             person,
             decision_id,
@@ -266,7 +261,8 @@ def simulate(
             ranked_with.marketing_per_day,
         )
         decision = arbitration.finish(choice.ranking, reservation)
-        slot = policy.probabilities(choice, decision, reservation)
+        unavailable = policy.unavailable(decision, reservation)
+        slot = policy.probabilities(choice, decision, unavailable)
         run.path_s.append(time.perf_counter() - t0)
         if reservation.refused:
             run.capped += 1
@@ -317,7 +313,6 @@ def simulate(
         run.expected.append(expected)
 
         if learner is not None or keep_log:
-            unavailable = policy.unavailable(decision, reservation)
             record = decision_record(
                 decision_id,
                 person,

@@ -242,7 +242,7 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         # the contact ledger then takes the first it allows.
         choice = policy.order(
             ranking,
-            {**ranking.features, **arbitration.request_fields(decision_request)},
+            decision_request,
             self.models.current if self.models is not None else None,
             decision_id,
         )
@@ -278,17 +278,15 @@ class PersonalisationServicer(personalisation_pb2_grpc.PersonalisationServiceSer
         )
         reply.policy = POLICIES[choice.policy]
         reply.model_version = choice.model_version
-        slot = policy.probabilities(choice, decision, reservation)
-        set_probabilities(reply.actions, choice, slot)
+        unavailable = policy.unavailable(decision, reservation)
+        set_probabilities(
+            reply.actions, choice, policy.probabilities(choice, decision, unavailable)
+        )
         if request.explain:
             reply.filtered.extend(filtered_action(f) for f in decision.filtered)
         if self.decision_log is not None:
             record = decision_record(
-                reply,
-                request.context,
-                decision_request,
-                decision,
-                policy.unavailable(decision, reservation),
+                reply, request.context, decision_request, decision, unavailable
             )
             self.decision_log.append(reply.profile_id or reply.decision_id, record)
         self._count(decision_request.placement, reply, decision)

@@ -111,7 +111,7 @@ def test_a_bad_learning_file_is_refused_naming_the_key(
 
 def test_features_cover_profile_segments_and_request(catalogue: Catalogue) -> None:
     ranking = arb.rank(catalogue, request(), person(), identified=True, holdout=False)
-    shared = learning.context_features({**ranking.features, **arb.request_fields(request())})
+    shared = learning.context_features(policy.learner_fields(ranking, request()))
     assert shared.startswith("shared |u ")
     for token in (
         "value_tier=gold",
@@ -144,7 +144,7 @@ def test_a_logged_decision_rebuilds_the_features_the_model_saw(
     req = arb.DecisionRequest("web.home.hero", "web", now, {"context.device": device or None})
     view = person(value_tier=tier, csat_last=csat, open_complaints=complaints)
     ranking = arb.rank(catalogue, req, view, identified=True, holdout=False)
-    live = learning.context_features({**ranking.features, **arb.request_fields(req)})
+    live = learning.context_features(policy.learner_fields(ranking, req))
     record = pb.DecisionRecord(
         placement=req.placement,
         channel=channel_value(req.channel),
@@ -240,28 +240,29 @@ def test_deterministic_policies_pick_with_probability_one(catalogue: Catalogue) 
         (False, None, PolicyKind.GENERIC),
     ):
         ranking = arb.rank(catalogue, request(), view, identified=True, holdout=holdout)
-        choice = policy.order(ranking, arb.request_fields(request()), None, "d1")
+        choice = policy.order(ranking, request(), None, "d1")
         assert choice.policy is expected
         assert choice.ranking == ranking
         reservation = ledger.reserve(
             f"p-{expected}", "d1", NOW_MS, arb.candidates(catalogue, ranking), 1, 3
         )
         decision = arb.finish(choice.ranking, reservation)
-        assert set(policy.probabilities(choice, decision, reservation).values()) == {1.0}
+        unavailable = policy.unavailable(decision, reservation)
+        assert set(policy.probabilities(choice, decision, unavailable).values()) == {1.0}
 
 
 def test_a_learned_model_orders_by_what_it_learned_and_names_its_version(
     catalogue: Catalogue,
 ) -> None:
     ranking = arb.rank(catalogue, request(), person(), identified=True, holdout=False)
-    fields = {**ranking.features, **arb.request_fields(request())}
+    fields = policy.learner_fields(ranking, request())
     arms = policy.arm_specs(ranking)
     assert [a.action_id for a in arms] == ["gold_upgrade", "socks"]
     model = trained_model("socks", arms, learning.context_features(fields))
     ledger = LedgerModel()
     firsts: Counter[str] = Counter()
     for i in range(200):
-        choice = policy.order(ranking, fields, model, f"d{i}")
+        choice = policy.order(ranking, request(), model, f"d{i}")
         assert choice.policy is PolicyKind.LEARNED
         assert choice.model_version == "m1-test"
         reservation = ledger.reserve(
@@ -269,7 +270,8 @@ def test_a_learned_model_orders_by_what_it_learned_and_names_its_version(
         )
         decision = arb.finish(choice.ranking, reservation)
         (shown,) = decision.chosen
-        p = policy.probabilities(choice, decision, reservation)[shown.action.action_id]
+        unavailable = policy.unavailable(decision, reservation)
+        p = policy.probabilities(choice, decision, unavailable)[shown.action.action_id]
         assert 0 < p <= 1
         firsts[shown.action.action_id] += 1
     assert firsts["socks"] > 150
@@ -278,7 +280,7 @@ def test_a_learned_model_orders_by_what_it_learned_and_names_its_version(
 def test_the_learner_never_offers_what_a_rule_removed(catalogue: Catalogue) -> None:
     complainant = person(open_complaints=1)
     ranking = arb.rank(catalogue, request(), complainant, identified=True, holdout=False)
-    fields = {**ranking.features, **arb.request_fields(request())}
+    fields = policy.learner_fields(ranking, request())
     # A model that loves the upsell still cannot show it during an open complaint.
     model = trained_model(
         "gold_upgrade",
@@ -286,5 +288,5 @@ def test_the_learner_never_offers_what_a_rule_removed(catalogue: Catalogue) -> N
         learning.context_features(fields),
     )
     for i in range(100):
-        choice = policy.order(ranking, fields, model, f"d{i}")
+        choice = policy.order(ranking, request(), model, f"d{i}")
         assert [s.action.action_id for s in choice.ranking.ranked] == ["apology"]

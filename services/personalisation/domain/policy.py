@@ -14,13 +14,18 @@ The three deterministic policies pick with probability 1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from services.common.conditions import FieldValue
 from services.common.contact_ledger import Reservation
-from services.personalisation.domain.arbitration import Basis, Decision, Ranking
+from services.personalisation.domain.arbitration import (
+    Basis,
+    Decision,
+    DecisionRequest,
+    Ranking,
+    request_fields,
+)
 from services.personalisation.domain.learning import (
     ArmSpec,
     Model,
@@ -67,19 +72,22 @@ def arm_specs(ranking: Ranking) -> tuple[ArmSpec, ...]:
     return tuple(ArmSpec(s.action.action_id, s.action.kind) for s in ranking.ranked)
 
 
+def learner_fields(ranking: Ranking, request: DecisionRequest) -> dict[str, FieldValue]:
+    """The decision's fields as the learner sees them: the profile's the ranking kept
+    (`Ranking.features`, segments included) and the request's."""
+    return {**ranking.features, **request_fields(request)}
+
+
 def order(
-    ranking: Ranking,
-    fields: Mapping[str, FieldValue],
-    model: Model | None,
-    decision_id: str,
+    ranking: Ranking, request: DecisionRequest, model: Model | None, decision_id: str
 ) -> Choice:
-    """Orders the ranked actions by the policy that serves the decision. `fields`: the
-    decision's fields as the learner sees them (`Ranking.features` and the request's)."""
+    """Orders the ranked actions by the policy that serves the decision."""
     kind = policy_kind(ranking, model)
     arms = tuple(s.action.action_id for s in ranking.ranked)
     if kind is not PolicyKind.LEARNED or model is None or not ranking.ranked:
         return Choice(ranking, kind, "", None, arms)
-    pmf = model.predict(context_features(fields), arm_specs(ranking))
+    shared = context_features(learner_fields(ranking, request))
+    pmf = model.predict(shared, arm_specs(ranking))
     ordered = sample_order(pmf, [s.promoted for s in ranking.ranked], decision_id)
     reordered = replace(ranking, ranked=tuple(ranking.ranked[i] for i in ordered.order))
     return Choice(reordered, kind, model.version, ordered, arms)
@@ -91,14 +99,22 @@ def unavailable(decision: Decision, reservation: Reservation) -> set[str]:
     return refused_before(reservation, chosen)
 
 
-def probabilities(choice: Choice, decision: Decision, reservation: Reservation) -> dict[str, float]:
-    """The probability the policy picked each chosen action at its slot."""
+def probabilities(choice: Choice, decision: Decision, refused: set[str]) -> dict[str, float]:
+    """The probability the policy picked each chosen action at its slot, given the
+    actions the ledger had already ruled out (`unavailable`)."""
     chosen_ids = [s.action.action_id for s in decision.chosen]
     if choice.ordered is None:
         return dict.fromkeys(chosen_ids, 1.0)
-    refused = unavailable(decision, reservation)
     slots = slot_probabilities(choice.ordered, choice.arms, chosen_ids, refused)
     return dict(zip(chosen_ids, slots, strict=True))
 
 
-__all__ = ["Choice", "PolicyKind", "order", "policy_kind", "probabilities", "unavailable"]
+__all__ = [
+    "Choice",
+    "PolicyKind",
+    "learner_fields",
+    "order",
+    "policy_kind",
+    "probabilities",
+    "unavailable",
+]
