@@ -15,13 +15,20 @@ from services.personalisation.domain.learning import ArmSpec
 from services.personalisation.views import channel_name
 
 
+def logged_features(record: pb.DecisionRecord) -> dict[str, FieldValue]:
+    """The logged profile fields, `segment.<name>` included (numbers come back as
+    floats)."""
+    return {
+        name: value
+        for name, value in json_format.MessageToDict(record.features).items()
+        if isinstance(value, bool | int | float | str)
+    }
+
+
 def decision_fields(record: pb.DecisionRecord) -> dict[str, FieldValue]:
-    """The logged profile fields (numbers come back as floats) and the request's fields
-    the learner reads: placement, channel, context.device, hour and weekday (UTC)."""
-    fields: dict[str, FieldValue] = {}
-    for name, value in json_format.MessageToDict(record.features).items():
-        if isinstance(value, bool | int | float | str):
-            fields[name] = value
+    """The logged profile fields and the request's fields the learner reads: placement,
+    channel, context.device, hour and weekday (UTC)."""
+    fields = logged_features(record)
     when = datetime.fromtimestamp(record.decided_at.ToMilliseconds() / 1000, UTC)
     fields.update(
         {
@@ -52,4 +59,4 @@ def first_choice(record: pb.DecisionRecord) -> tuple[int, float, float] | None:
     return None
 
 
-__all__ = ["arms", "decision_fields", "first_choice"]
+__all__ = ["arms", "decision_fields", "first_choice", "logged_features"]

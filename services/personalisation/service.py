@@ -61,6 +61,7 @@ from services.personalisation.views import (
     catalogue_actions,
     channel_name,
     chosen,
+    context_values,
     decision_record,
     filtered_action,
     set_probabilities,
@@ -128,19 +129,16 @@ def context_fields(context: pb.RequestContext) -> dict[str, FieldValue]:
         _text(product, f"context.cart_product_ids[{i}]", 200)
     if len(context.attributes) > MAX_ATTRIBUTES:
         raise InvalidArgument("context.attributes", f"has more than {MAX_ATTRIBUTES} entries")
-    out: dict[str, FieldValue] = {
-        "context.device": _text(context.device, "context.device", 64) or None,
-        "context.locale": _text(context.locale, "context.locale", 35) or None,
-        "context.page": _text(context.page, "context.page") or None,
-        "context.cart_size": len(context.cart_product_ids),
-    }
+    _text(context.device, "context.device", 64)
+    _text(context.locale, "context.locale", 35)
+    _text(context.page, "context.page")
     for key, value in context.attributes.items():
         if not ATTRIBUTE_KEY_RE.match(key):
             raise InvalidArgument(
                 "context.attributes", f"key {key[:80]!r} must be 1-64 letters, digits, _ . -"
             )
-        out[f"context.attributes.{key}"] = _text(value, f"context.attributes[{key}]")
-    return out
+        _text(value, f"context.attributes[{key}]")
+    return context_values(context)
 
 
 def profile_names(catalogue: Catalogue) -> tuple[str, ...]:

@@ -56,6 +56,19 @@ def channel_value(name: str) -> ev.Channel.ValueType:
     return ev.Channel.Value(f"CHANNEL_{name.upper()}")
 
 
+def context_values(context: pb.RequestContext) -> dict[str, FieldValue]:
+    """A request context as decision fields (`context.*`): what Decide ranks with (after
+    validating it) and offline evaluation replays from the log."""
+    out: dict[str, FieldValue] = {
+        "context.device": context.device or None,
+        "context.locale": context.locale or None,
+        "context.page": context.page or None,
+        "context.cart_size": len(context.cart_product_ids),
+    }
+    out.update({f"context.attributes.{k}": v for k, v in context.attributes.items()})
+    return out
+
+
 def content(variant: Variant) -> pb.Content:
     return pb.Content(
         variant=variant.variant,

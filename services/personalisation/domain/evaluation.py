@@ -37,10 +37,14 @@ from statistics import NormalDist
 from typing import Any
 
 from cx.personalisation.v1 import personalisation_pb2 as pb
-from google.protobuf import json_format
 
 from services.common.conditions import FieldValue
-from services.personalisation.decision_records import arms, decision_fields, first_choice
+from services.personalisation.decision_records import (
+    arms,
+    decision_fields,
+    first_choice,
+    logged_features,
+)
 from services.personalisation.domain import arbitration
 from services.personalisation.domain.arbitration import DecisionRequest, ProfileView
 from services.personalisation.domain.catalogue import Catalogue
@@ -51,7 +55,7 @@ from services.personalisation.domain.learning import (
     Model,
     context_features,
 )
-from services.personalisation.views import channel_name
+from services.personalisation.views import channel_name, context_values
 
 CONFIDENCE = 0.95
 Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.96
@@ -380,29 +384,15 @@ def model_target(model: Model) -> Target:
     return target
 
 
-def request_context(context: pb.RequestContext) -> dict[str, FieldValue]:
-    """A logged request context as decision fields (`context.*`), as the Decide server
-    reads them."""
-    out: dict[str, FieldValue] = {
-        "context.device": context.device or None,
-        "context.locale": context.locale or None,
-        "context.page": context.page or None,
-        "context.cart_size": len(context.cart_product_ids),
-    }
-    out.update({f"context.attributes.{k}": v for k, v in context.attributes.items()})
-    return out
-
-
 def replayed_profile(record: pb.DecisionRecord) -> ProfileView:
     """The profile as the decision log kept it: its logged fields and segments."""
     fields: dict[str, FieldValue] = {}
     segments: set[str] = set()
-    for name, value in json_format.MessageToDict(record.features).items():
-        if name.startswith(SEGMENT_PREFIX):
-            if value is True:
-                segments.add(name.removeprefix(SEGMENT_PREFIX))
-        elif isinstance(value, bool | int | float | str):
+    for name, value in logged_features(record).items():
+        if not name.startswith(SEGMENT_PREFIX):
             fields[name] = value
+        elif value is True:
+            segments.add(name.removeprefix(SEGMENT_PREFIX))
     return ProfileView(record.profile_id, fields, frozenset(segments))
 
 
@@ -418,7 +408,7 @@ def catalogue_target(catalogue: Catalogue) -> Target:
             placement=record.placement,
             channel=channel_name(record.channel),
             now_ms=record.decided_at.ToMilliseconds(),
-            context=request_context(record.context),
+            context=context_values(record.context),
             want=record.max_actions or 1,
         )
         ranking = arbitration.rank(
