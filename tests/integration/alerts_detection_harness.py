@@ -9,9 +9,6 @@ A plain module, not a test module (tests/integration/test_alerts_detection.py im
 
 from __future__ import annotations
 
-import re
-import socket
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,6 +27,7 @@ from services.common.grpc_server import ServiceServer
 from services.common.settings import KafkaSettings
 from services.profile.server import build_server as build_profile
 from tests.integration.profile_harness import ProfileHarness
+from tests.support.processes import free_port, metric
 
 ALERTS = "alerts"
 # The shipped rules with their clocks in seconds: (what the file says, what tests use).
@@ -44,12 +42,6 @@ QUICK = (
         'timer = { sla_s = 2, per = "complaint.id" }',
     ),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def quick_rules(path: Path) -> Path:
@@ -102,13 +94,7 @@ class AlertsDetectionHarness(ProfileHarness):
 
     def metric(self, name: str, **labels: str) -> float:
         """A counter of the alerts worker, from its /metrics (0 when not yet counted)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if wanted else "")
-        match = re.search(rf"^{pattern} (\S+)$", text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        return metric(self.metrics_port, name, **labels)
 
     # --- events --------------------------------------------------------------------------
 

@@ -10,12 +10,9 @@ Cleanup deletes the run's Redis keys by name (never a SCAN of the shared Redis).
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
-import socket
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -38,15 +35,10 @@ from services.personalisation.domain.learning import DEFAULT_LEARNING_FILE
 from tests.support.isolation import IsolatedPipeline
 from tests.support.learner import decision as decision
 from tests.support.learner import outcome_event as outcome_event
+from tests.support.processes import free_port, metric
 
 T = TypeVar("T")
 LEARNER = "learner"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def quick_learning(path: Path, settle_after_s: float, every_decisions: int, every_s: float) -> Path:
@@ -120,13 +112,7 @@ class LearnerHarness(IsolatedPipeline):
 
     def metric(self, name: str, **labels: str) -> float:
         """A metric of the learner, from its /metrics (0 when not yet counted)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if wanted else "")
-        match = re.search(rf"^{pattern} (\S+)$", text, re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        return metric(self.metrics_port, name, **labels)
 
     def wait_for(
         self,

@@ -26,8 +26,9 @@ from services.personalisation.adapters.learning_store import (
     model_blob_key,
 )
 from tests.factories import recent_consent, recent_login
-from tests.integration.learner_harness import free_port, learner_env, quick_learning
+from tests.integration.learner_harness import learner_env, quick_learning
 from tests.integration.personalisation_harness import PersonalisationHarness
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
