@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from cx.events.v1 import touchpoint_pb2 as ev
 from cx.personalisation.v1 import personalisation_pb2 as pb
@@ -37,7 +35,6 @@ from tests.support.learner import decision as decision
 from tests.support.learner import outcome_event as outcome_event
 from tests.support.processes import free_port, metric
 
-T = TypeVar("T")
 LEARNER = "learner"
 
 
@@ -113,31 +110,6 @@ class LearnerHarness(IsolatedPipeline):
     def metric(self, name: str, **labels: str) -> float:
         """A metric of the learner, from its /metrics (0 when not yet counted)."""
         return metric(self.metrics_port, name, **labels)
-
-    def wait_for(
-        self,
-        what: str,
-        check: Callable[[], T | None],
-        timeout_s: float = 60,
-        tolerate: tuple[type[Exception], ...] = (),
-    ) -> T:
-        """Polls until `check` returns a value; fails at once when the learner exited.
-        Errors of the types in `tolerate` (its /metrics not up yet) count as "not yet"."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                value = check()
-            except tolerate:
-                value = None
-            if value is not None and value is not False:
-                return value
-            for name, code in self.exited_workers().items():
-                raise AssertionError(f"{name} exited ({code}): {self.worker_log(name)}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {what}; learner log: {self.worker_log(LEARNER)}"
-                )
-            time.sleep(0.1)
 
     # --- writing ------------------------------------------------------------------------------
 

@@ -5,10 +5,8 @@ shared stack or on a private broker and Redis."""
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 from cx.events.v1 import touchpoint_pb2 as ev
@@ -25,8 +23,6 @@ from services.profile.adapters.reader import ProfileReader
 from services.profile.domain.state import ProfileState
 from services.profile.server import build_server as build_profile
 from tests.support.isolation import IsolatedPipeline
-
-T = TypeVar("T")
 
 EMAIL = pb.IDENTIFIER_TYPE_EMAIL
 CUSTOMER = pb.IDENTIFIER_TYPE_CUSTOMER_ID
@@ -70,33 +66,6 @@ class ProfileHarness(IsolatedPipeline):
             )
             rejected = [r for r in reply.results if r.violations]
             assert not rejected, rejected
-
-    def wait_for(
-        self,
-        what: str,
-        check: Callable[[], T | None],
-        timeout_s: float = 90,
-        tolerate: tuple[type[Exception], ...] = (),
-    ) -> T:
-        """Polls until `check` returns a value; a bound against hanging, not a speed goal.
-
-        Fails as soon as a worker ends by itself. Errors of the types in `tolerate` (say,
-        Redis being down) count as "not yet".
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                value = check()
-            except tolerate:
-                value = None
-            if value is not None and value is not False:
-                return value
-            if time.monotonic() > deadline:
-                logs = ", ".join(str(self.worker_log(n)) for n in self.workers) or self.log_path
-                raise AssertionError(f"timed out waiting for {what}; worker logs: {logs}")
-            for name, code in self.exited_workers().items():
-                raise AssertionError(f"worker {name} exited ({code}): {self.worker_log(name)}")
-            time.sleep(0.2)
 
     def profile(self, t: pb.IdentifierType.ValueType, value: str) -> pb.Profile | None:
         try:

@@ -18,8 +18,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from kafka.admin import KafkaAdminClient
@@ -31,6 +34,8 @@ from services.common.topics import platform_topics
 from services.profile.adapters.store import as_text
 from services.profile.settings import ProfileSettings
 from tests.paths import REPO_ROOT
+
+T = TypeVar("T")
 
 
 class IsolatedPipeline:
@@ -117,6 +122,33 @@ class IsolatedPipeline:
     def worker_exited(self, name: str = "worker") -> int | None:
         proc = self.workers.get(name)
         return None if proc is None else proc.poll()
+
+    def wait_for(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout_s: float = 90,
+        tolerate: tuple[type[Exception], ...] = (),
+    ) -> T:
+        """Polls until `check` returns a value; a bound against hanging, not a speed goal.
+
+        Fails as soon as a worker ends by itself. Errors of the types in `tolerate` (say,
+        Redis being down) count as "not yet".
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                value = check()
+            except tolerate:
+                value = None
+            if value is not None and value is not False:
+                return value
+            if time.monotonic() > deadline:
+                logs = ", ".join(str(self.worker_log(n)) for n in self.workers) or self.log_path
+                raise AssertionError(f"timed out waiting for {what}; worker logs: {logs}")
+            for name, code in self.exited_workers().items():
+                raise AssertionError(f"worker {name} exited ({code}): {self.worker_log(name)}")
+            time.sleep(0.2)
 
     def exited_workers(self) -> dict[str, int]:
         """The started workers that have ended by themselves, with their exit codes."""
