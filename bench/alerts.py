@@ -65,10 +65,10 @@ from services.profile.adapters.layout import Stat
 from tests.integration.alerts_delivery_harness import owners_toml, received
 from tests.integration.alerts_detection_harness import (
     AlertsDetectionHarness,
-    free_port,
     now_event,
     nps,
 )
+from tests.support.processes import free_port
 
 GOAL_P99_MS = 500.0
 RATE = 20.0

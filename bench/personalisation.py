@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -89,6 +88,7 @@ from services.profile.adapters.layout import Keys
 from services.profile.adapters.reader import ProfileReader
 from services.profile.domain.segments import load_segments
 from services.profile.settings import ProfileSettings
+from tests.support.processes import free_port
 
 GOAL_P99_MS = 5.0
 GOAL_RATE = 1000
@@ -253,13 +253,6 @@ def ingest_customers(count: int, timeout_s: float = 240) -> list[str]:
 
 
 # --- servers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
