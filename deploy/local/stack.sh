@@ -115,13 +115,16 @@ process_match() {
 # Prints the pid of component $1 if its pid file names a live process of ours; otherwise
 # removes a stale pid file and returns 1.
 running_pid() {
-  local name=$1 file pid match
+  local name=$1 file pid match cmd
   file=$(pid_file "$name")
   [[ -f $file ]] || return 1
   pid=$(<"$file")
   if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
     match=$(process_match "$name")
-    if [[ -z $match ]] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$match"; then
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)
+    # An empty command line: the process is between two execs (nohup, setsid, the
+    # command) and cannot be told from another yet; it is taken to be ours, not stale.
+    if [[ -z $match || -z $cmd || $cmd == *"$match"* ]]; then
       echo "$pid"
       return 0
     fi
